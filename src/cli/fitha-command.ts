@@ -1,0 +1,19 @@
+/**
+ * The `fitha` command tree. Sub-commands are imported lazily, so that `fitha --help` or
+ * `fitha version` loads neither etcd nor any native library.
+ */
+import { defineCommand } from "citty";
+import { buildInfo } from "../version.ts";
+
+export const fithaCommand = defineCommand({
+  meta: {
+    name: "fitha",
+    version: buildInfo.version,
+    description: "VM high availability for KVM/libvirt: restarts the HA VMs of failed hosts elsewhere, never two copies at once",
+  },
+  subCommands: {
+    status: () => import("./commands/status.ts").then((m) => m.statusCommand),
+    config: () => import("./commands/config.ts").then((m) => m.configCommand),
+    version: () => import("./commands/version.ts").then((m) => m.versionCommand),
+  },
+});

@@ -1,0 +1,67 @@
+/**
+ * The schema of fitha.toml: the one place that lists every option, its type, bounds, default and
+ * meaning. `scripts/fitha.example.toml` documents the same keys for operators; a test keeps the
+ * two in step.
+ */
+import { choice, integer, list, section, text, type ConfigOf } from "./schema.ts";
+
+export const logLevels = ["error", "warn", "info", "debug", "trace"] as const;
+export type LogLevel = (typeof logLevels)[number];
+export const logFormats = ["human", "json"] as const;
+export type LogFormat = (typeof logFormats)[number];
+
+/** The three network planes; each has its own etcd cluster (they may be one cluster on a lab machine). */
+export const planes = ["management", "storage", "service"] as const;
+export type Plane = (typeof planes)[number];
+
+const endpoint = text({
+  doc: "etcd client URL",
+  // An explicit port: etcd has two well-known ports (2379 client, 2380 peer) and guessing wrong
+  // fails far from the typo.
+  pattern: /^https?:\/\/(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$/,
+  accepts: 'an etcd client URL with scheme and port, like "http://10.0.0.1:2379"',
+});
+
+function planeCluster(plane: Plane, role: string) {
+  return section(`The etcd cluster of the ${plane} network plane: ${role}`, {
+    endpoints: list(endpoint, {
+      doc: `Client URLs of the ${plane} plane's etcd members, reached over that plane's network.`,
+      maxItems: 9,
+    }),
+  });
+}
+
+export const fithaConfigSchema = {
+  log: section("Logging of daemons and commands (to stderr; journald captures it under systemd).", {
+    level: choice(logLevels, { doc: "Least severe level written.", default: "info" }),
+    format: choice(logFormats, {
+      doc: "human: readable lines (coloured on a terminal); json: one JSON object per line, for journald and log shippers.",
+      default: "human",
+    }),
+  }),
+  etcd: section("Where fitha keeps its shared state and heartbeats.", {
+    prefix: text({
+      doc: "Key prefix of all fitha keys, so that several fitha clusters (or tests) can share one etcd.",
+      pattern: /^(\/[A-Za-z0-9._-]+)+$/,
+      accepts: 'an absolute key path like "/fitha" (letters, digits, ".", "_", "-"; no trailing "/")',
+      default: "/fitha",
+    }),
+    dial_timeout_ms: integer({
+      doc: "How long to wait for a connection to an etcd cluster before calling it unreachable.",
+      min: 100,
+      max: 60_000,
+      default: 3_000,
+    }),
+    request_timeout_ms: integer({
+      doc: "Deadline of one etcd request; a request still pending then counts as failed.",
+      min: 100,
+      max: 60_000,
+      default: 5_000,
+    }),
+    management: planeCluster("management", "holds all fitha state (hosts, VMs, tasks, events) and the management heartbeats."),
+    storage: planeCluster("storage", "carries the storage-plane heartbeats."),
+    service: planeCluster("service", "carries the service-plane heartbeats."),
+  }),
+};
+
+export type FithaConfig = ConfigOf<typeof fithaConfigSchema>;

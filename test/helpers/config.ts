@@ -1,0 +1,34 @@
+import { join } from "node:path";
+
+export interface TestConfig {
+  /** One endpoint per plane; all three may be the same cluster. */
+  management: string;
+  storage?: string;
+  service?: string;
+  /** Key prefix, unique per test so tests sharing an etcd never see each other's keys. */
+  prefix?: string;
+  dialTimeoutMs?: number;
+  requestTimeoutMs?: number;
+}
+
+/** Writes a fitha.toml into `dir` and returns its path. */
+export async function writeConfig(dir: string, config: TestConfig): Promise<string> {
+  const path = join(dir, "fitha.toml");
+  const cluster = (endpoint: string) => `endpoints = [${JSON.stringify(endpoint)}]`;
+  await Bun.write(
+    path,
+    [
+      "[etcd]",
+      `prefix = ${JSON.stringify(config.prefix ?? "/fitha")}`,
+      `dial_timeout_ms = ${config.dialTimeoutMs ?? 3000}`,
+      `request_timeout_ms = ${config.requestTimeoutMs ?? 5000}`,
+      "[etcd.management]",
+      cluster(config.management),
+      "[etcd.storage]",
+      cluster(config.storage ?? config.management),
+      "[etcd.service]",
+      cluster(config.service ?? config.management),
+    ].join("\n"),
+  );
+  return path;
+}
