@@ -2,6 +2,8 @@
 import { fithaCommand } from "./fitha-command.ts";
 import { runCli } from "./runner.ts";
 
-const exitCode = await runCli(fithaCommand, process.argv.slice(2));
+const argv = process.argv.slice(2);
+// `fitha --version` is what many operators try first; it is `fitha version`.
+const exitCode = await runCli(fithaCommand, argv[0] === "--version" ? ["version", ...argv.slice(1)] : argv);
 // Exit explicitly: a one-shot command must not linger on an idle connection's timers.
 process.exit(exitCode);

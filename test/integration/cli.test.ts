@@ -38,6 +38,7 @@ describe("fitha (built binary)", () => {
     expect(info.commit).toMatch(head === "" ? /^unknown$/ : new RegExp(`^${head}(-dirty)?$`));
     const text = await runFitha(["version"]);
     expect(text.stdout).toBe(`fitha ${version} (commit ${info.commit}, bun ${Bun.version})\n`);
+    expect(await runFitha(["--version"])).toEqual(text);
   });
 
   test("runs from a directory without bun or node_modules, with an empty environment", async () => {
