@@ -1,0 +1,226 @@
+/**
+ * The host lease: a delta lease (Chockler & Malkhi, "light-weight leases", as in sanlock) on one
+ * sector of the delta area, renewed every 2T. It gives this host a unique host id, a generation
+ * that grows with each join, and — because every renewal also reads the whole delta area — the
+ * liveness view of all other hosts that VM lease takeovers rest on. One renewal keeps every VM
+ * lease of this host valid: its cost does not depend on how many VM leases are held.
+ *
+ * Safety argument and timeline: src/lease/README.md.
+ */
+import type { Clock } from "../core/clock.ts";
+import { HostView } from "./host-view.ts";
+import { deltaOffset } from "./layout.ts";
+import { parseDeltaArea, readLockspace, type Lockspace } from "./lockspace.ts";
+import { encodeRecord, type DeltaRecord } from "./records.ts";
+import { timeline, type Timeline } from "./timeline.ts";
+import type { SectorDevice } from "./sector-device.ts";
+
+export interface JoinOptions {
+  readonly hostId: number;
+  readonly hostName: string;
+  /** Persisted id of this installation (32 hex digits); lets the same installation rejoin fast. */
+  readonly installId: string;
+  readonly ioTimeoutMs: number;
+  /**
+   * "unique": the id was allocated to this host alone (an etcd transaction), so a free sector can
+   * be taken at once. "configured": hand-configured ids may collide, so every join waits the
+   * collision delay and re-reads before trusting the sector.
+   */
+  readonly idAllocation: "unique" | "configured";
+}
+
+export class HostIdInUseError extends Error {
+  constructor(
+    readonly hostId: number,
+    readonly holder: string,
+  ) {
+    super(`host id ${hostId} is in use by ${holder}`);
+    this.name = "HostIdInUseError";
+  }
+}
+
+export type Phase = "ok" | "warn" | "failed";
+
+export type RenewOutcome =
+  | { readonly ok: true; readonly latencyMs: number }
+  | { readonly ok: false; readonly reason: string; /** the host id was overwritten by another host: the lease is lost */ readonly collision: boolean };
+
+/** In-doubt writes remembered at most; more than this many failures in a row end the lease. */
+const maxInDoubtWrites = 16;
+
+export class DeltaLease {
+  readonly timeline: Timeline;
+  readonly view: HostView;
+  #lastRenewalStartMs: number;
+  /** Our records that may be on disk: the last confirmed one first, then writes in doubt. */
+  #ours: DeltaRecord[];
+  #lost: string | undefined;
+  #released = false;
+
+  private constructor(
+    readonly lockspace: Lockspace,
+    readonly clock: Clock,
+    written: DeltaRecord,
+    renewalStartMs: number,
+    view: HostView,
+  ) {
+    this.timeline = timeline(written.ioTimeoutMs, lockspace.header.killBudgetMs);
+    this.view = view;
+    this.#ours = [written];
+    this.#lastRenewalStartMs = renewalStartMs;
+  }
+
+  get hostId(): number {
+    return this.#ours[0]!.hostId;
+  }
+  get generation(): number {
+    return this.#ours[0]!.generation;
+  }
+  get device(): SectorDevice {
+    return this.lockspace.device;
+  }
+  get lastRenewalStartMs(): number {
+    return this.#lastRenewalStartMs;
+  }
+  /** Why the lease was lost for good (collision, renewal past fail, release), if it was. */
+  get lostReason(): string | undefined {
+    return this.#lost;
+  }
+
+  /**
+   * Joins the lockspace on `device` as `options.hostId`. Waits (bounded by host-dead of the
+   * previous holder) for a host id held by another installation to go silent; fails at once if
+   * that holder is alive.
+   */
+  static async join(device: SectorDevice, clock: Clock, options: JoinOptions): Promise<DeltaLease> {
+    const { ioTimeoutMs } = options;
+    const lockspace = await readLockspace(device, ioTimeoutMs);
+    const { header, layout: l } = lockspace;
+    if (ioTimeoutMs > header.maxIoTimeoutMs) {
+      throw new RangeError(`io timeout ${ioTimeoutMs} ms exceeds the lockspace's maximum of ${header.maxIoTimeoutMs} ms`);
+    }
+    const t = timeline(ioTimeoutMs, header.killBudgetMs);
+    const view = new HostView(l.hosts, timeline(header.maxIoTimeoutMs, header.killBudgetMs).hostDeadMs, header.killBudgetMs);
+    const readArea = async () => {
+      const startMs = clock.nowMs();
+      const [area] = await device.io([{ kind: "read", offset: l.deltaAreaOffset, length: l.deltaAreaBytes }], ioTimeoutMs);
+      const slots = parseDeltaArea(lockspace, area!);
+      view.observe(slots, startMs, clock.nowMs());
+      return slots;
+    };
+
+    let current = (await readArea())[options.hostId - 1]!;
+    if (typeof current === "object" && "corrupt" in current) throw new Error(current.corrupt);
+    const sameInstallation = current !== "empty" && current.installId === options.installId;
+    let mustWait = current !== "empty" && current.state === "held" && !sameInstallation;
+    // Bounded: the holder's host-dead is at most the lockspace's longest; by then it is dead, or
+    // it renewed and we failed.
+    const waitUntilMs = clock.nowMs() + view.supersededDeadMs + 2 * t.renewalIntervalMs;
+    while (mustWait) {
+      const holder = current as DeltaRecord;
+      const liveness = view.liveness(options.hostId, holder.generation);
+      if (liveness.state === "dead") break;
+      if (clock.nowMs() > waitUntilMs) throw new HostIdInUseError(options.hostId, describeHolder(holder));
+      await clock.sleep(Math.min(t.renewalIntervalMs, liveness.deadInMs ?? t.renewalIntervalMs));
+      const next = (await readArea())[options.hostId - 1]!;
+      if (typeof next === "object" && "corrupt" in next) throw new Error(next.corrupt);
+      if (next === "empty" || next.state !== "held" || next.generation !== holder.generation || next.timestampMs !== holder.timestampMs) {
+        if (next !== "empty" && next.state === "held") throw new HostIdInUseError(options.hostId, describeHolder(next));
+        mustWait = false;
+      }
+      current = next;
+    }
+
+    const previousGeneration = current === "empty" || "corrupt" in current ? 0 : current.generation;
+    const written: DeltaRecord = {
+      kind: "delta",
+      hostId: options.hostId,
+      generation: previousGeneration + 1,
+      timestampMs: Math.max(Math.floor(clock.nowMs()), current === "empty" || "corrupt" in current ? 0 : current.timestampMs + 1),
+      ioTimeoutMs,
+      installId: options.installId,
+      hostName: options.hostName,
+      state: "held",
+    };
+    const startMs = clock.nowMs();
+    await device.io([{ kind: "write", offset: deltaOffset(l, options.hostId), data: encodeRecord(written, l.sectorSize) }], ioTimeoutMs);
+    // A free sector of a uniquely allocated id, or our own installation's: nobody else writes it.
+    // Otherwise another joiner may have read it as free before our write and be about to write.
+    const fast = sameInstallation || (current === "empty" || current.state === "released") && options.idAllocation === "unique";
+    if (!fast) await clock.sleep(t.joinCollisionDelayMs);
+    const after = (await readArea())[options.hostId - 1]!;
+    if (after === "empty" || "corrupt" in after || !sameRecord(after, written)) {
+      throw new HostIdInUseError(options.hostId, after === "empty" || "corrupt" in after ? "another host (sector changed)" : describeHolder(after));
+    }
+    return new DeltaLease(lockspace, clock, written, startMs, view);
+  }
+
+  /** Where this host stands: VM leases are usable only in "ok" and "warn"; "failed" is final. */
+  phase(nowMs = this.clock.nowMs()): Phase {
+    const ageMs = nowMs - this.#lastRenewalStartMs;
+    // Sticky: past fail the VM leases may be taken by others after host-dead, so nothing that
+    // happens later (a slow renewal completing) may make them ours again.
+    if (ageMs >= this.timeline.renewalFailMs) this.#lost ??= `no successful renewal for ${Math.round(ageMs)} ms (fail at ${this.timeline.renewalFailMs} ms)`;
+    if (this.#lost !== undefined) return "failed";
+    return ageMs >= this.timeline.renewalWarnMs ? "warn" : "ok";
+  }
+
+  /**
+   * One renewal: a single batch that reads the whole delta area (liveness of every host, and
+   * proof nobody overwrote our sector) and writes our record with a new timestamp.
+   */
+  async renew(): Promise<RenewOutcome> {
+    if (this.phase() === "failed") return { ok: false, reason: this.#lost!, collision: false };
+    const l = this.lockspace.layout;
+    const previous = this.#ours.at(-1)!;
+    const next: DeltaRecord = { ...previous, timestampMs: Math.max(Math.floor(this.clock.nowMs()), previous.timestampMs + 1) };
+    const startMs = this.clock.nowMs();
+    let area: Uint8Array;
+    try {
+      [area] = (await this.device.io(
+        [
+          { kind: "read", offset: l.deltaAreaOffset, length: l.deltaAreaBytes },
+          { kind: "write", offset: deltaOffset(l, this.hostId), data: encodeRecord(next, l.sectorSize) },
+        ],
+        this.timeline.ioTimeoutMs,
+      )) as [Uint8Array];
+    } catch (error) {
+      this.view.blind();
+      // The write may still land: until a read shows otherwise, it is one of ours.
+      this.#ours.push(next);
+      if (this.#ours.length > maxInDoubtWrites) this.#lost = `${maxInDoubtWrites} renewals in a row failed`;
+      return { ok: false, reason: error instanceof Error ? error.message : String(error), collision: false };
+    }
+    const endMs = this.clock.nowMs();
+    const slots = parseDeltaArea(this.lockspace, area);
+    this.view.observe(slots, startMs, endMs);
+    const seen = slots[this.hostId - 1]!;
+    if (seen === "empty" || "corrupt" in seen || !this.#ours.some((record) => sameRecord(record, seen))) {
+      this.#lost = `host id ${this.hostId} was overwritten by ${seen === "empty" || "corrupt" in seen ? "another writer" : describeHolder(seen)}`;
+      return { ok: false, reason: this.#lost, collision: true };
+    }
+    if (this.phase(endMs) === "failed") return { ok: false, reason: this.#lost!, collision: false };
+    this.#ours = [next];
+    this.#lastRenewalStartMs = startMs;
+    return { ok: true, latencyMs: endMs - startMs };
+  }
+
+  /** Gives the host id back (state released). Only after every VM lease of this host was released. */
+  async release(): Promise<void> {
+    if (this.#released) return;
+    const l = this.lockspace.layout;
+    const previous = this.#ours.at(-1)!;
+    const released: DeltaRecord = { ...previous, state: "released", timestampMs: Math.max(Math.floor(this.clock.nowMs()), previous.timestampMs + 1) };
+    this.#released = true;
+    this.#lost = "released";
+    await this.device.io([{ kind: "write", offset: deltaOffset(l, this.hostId), data: encodeRecord(released, l.sectorSize) }], this.timeline.ioTimeoutMs);
+  }
+}
+
+function sameRecord(a: DeltaRecord, b: DeltaRecord): boolean {
+  return a.generation === b.generation && a.timestampMs === b.timestampMs && a.installId === b.installId && a.state === b.state;
+}
+
+function describeHolder(record: DeltaRecord): string {
+  return `"${record.hostName}" (generation ${record.generation}, install ${record.installId.slice(0, 8)})`;
+}
