@@ -1,9 +1,10 @@
 # Sourced by scripts/test and scripts/demo: installs what fitha's build, tests and demo need on a
 # Debian 12 machine, and does nothing (fast) when everything is already there.
-#   Debian packages: etcd-server (real etcd for tests and the demo), util-linux (setpriv).
+#   Debian packages: etcd-server (real etcd for tests and the demo), util-linux (setpriv),
+#                    mount + e2fsprogs (loop devices and scratch ext4 for storage-fault tests).
 #   npm packages:    node_modules from package-lock.json (bun, typescript, etcd3, citty, consola).
 
-fitha_apt_packages=(etcd-server util-linux)
+fitha_apt_packages=(etcd-server util-linux mount e2fsprogs)
 
 fitha_log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
 

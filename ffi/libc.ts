@@ -1,0 +1,231 @@
+/**
+ * The few libc calls fitha needs that Bun does not offer: O_DIRECT file I/O into aligned memory,
+ * block device geometry, and CLOCK_BOOTTIME. Thin wrappers over bun:ffi that turn C conventions
+ * (-1 and errno, out-parameters, raw pointers) into numbers, objects and thrown ErrnoErrors.
+ *
+ * Linux x86_64 with glibc only (Debian's libc.so.6). The calls that block (pread, pwrite, and open
+ * on a hung storage) block the calling thread: call them from a Worker (src/lease/direct-device-worker.ts).
+ * errno is per thread, and these wrappers read it right after the failing call on the same thread.
+ */
+import { dlopen, read, toArrayBuffer, type Library, type Pointer } from "bun:ffi";
+import { constants } from "node:os";
+
+/*
+ * Constants of Linux x86_64, from the kernel's uapi headers as Debian ships them:
+ * asm-generic/fcntl.h (O_*; x86_64 uses the generic values), linux/stat.h (S_IF*, STATX_*),
+ * linux/fcntl.h (AT_EMPTY_PATH), linux/time.h (CLOCK_BOOTTIME), linux/fs.h (BLK* ioctls:
+ * BLKSSZGET = _IO(0x12, 104), BLKGETSIZE64 = _IOR(0x12, 114, size_t)).
+ */
+export const O_RDWR = 0o2;
+export const O_CREAT = 0o100;
+/** Each write returns only once its data is on stable storage (no separate fsync). */
+export const O_DSYNC = 0o10000;
+/** Bypass the page cache: I/O goes to the device, in units of its logical sector size. */
+export const O_DIRECT = 0o40000;
+export const O_CLOEXEC = 0o2000000;
+
+export const S_IFMT = 0o170000;
+export const S_IFREG = 0o100000;
+export const S_IFBLK = 0o60000;
+
+const AT_EMPTY_PATH = 0x1000;
+const STATX_MODE = 0x2;
+const STATX_SIZE = 0x200;
+const STATX_DIOALIGN = 0x2000;
+const CLOCK_BOOTTIME = 7;
+const BLKSSZGET = 0x1268;
+const BLKGETSIZE64 = 0x80081272;
+
+const symbols = {
+  open: { args: ["ptr", "i32", "u32"], returns: "i32" },
+  close: { args: ["i32"], returns: "i32" },
+  pread: { args: ["i32", "ptr", "u64", "i64"], returns: "i64" },
+  pwrite: { args: ["i32", "ptr", "u64", "i64"], returns: "i64" },
+  statx: { args: ["i32", "ptr", "i32", "u32", "ptr"], returns: "i32" },
+  // ioctl is variadic: on x86_64 its third argument travels in a register like a fixed one, and
+  // the vector-register count variadic callers pass in %al only decides whether it saves xmm registers.
+  ioctl: { args: ["i32", "u64", "ptr"], returns: "i32" },
+  posix_memalign: { args: ["ptr", "u64", "u64"], returns: "i32" },
+  free: { args: ["ptr"], returns: "void" },
+  __errno_location: { args: [], returns: "ptr" },
+  strerror: { args: ["i32"], returns: "cstring" },
+  clock_gettime: { args: ["i32", "ptr"], returns: "i32" },
+} as const;
+
+let library: Library<typeof symbols> | undefined;
+
+/** dlopen on first use, not at import: commands that never do O_DIRECT I/O never load it. */
+function libc() {
+  library ??= dlopen("libc.so.6", symbols);
+  return library.symbols;
+}
+
+/** errno number → name ("EIO"), from the runtime's own table for this platform. */
+const errnoNames = new Map<number, string>();
+for (const [name, number] of Object.entries(constants.errno)) {
+  // Aliases share a number (EAGAIN/EWOULDBLOCK); the first listed is the usual name.
+  if (!errnoNames.has(number)) errnoNames.set(number, name);
+}
+
+/** A libc call that failed, with its errno: `open /x: No such file or directory (ENOENT)`. */
+export class ErrnoError extends Error {
+  /** errno name, e.g. "EIO"; "E" + the number when this platform's table does not know it. */
+  readonly code: string;
+
+  constructor(
+    readonly syscall: string,
+    readonly errno: number,
+    /** What was being operated on, e.g. the path; empty when nothing useful. */
+    subject = "",
+  ) {
+    const code = errnoNames.get(errno) ?? `E${errno}`;
+    super(`${syscall}${subject === "" ? "" : ` ${subject}`}: ${libc().strerror(errno) ?? "unknown error"} (${code})`);
+    this.name = "ErrnoError";
+    this.code = code;
+  }
+}
+
+/** The calling thread's errno; read it right after the call that failed. */
+function errno(): number {
+  const location = libc().__errno_location();
+  if (location === null) throw new Error("__errno_location returned NULL");
+  return read.i32(location);
+}
+
+/** A NUL-terminated copy of `text` for C; refuses embedded NULs, which would cut the string short. */
+function cString(text: string): Buffer {
+  if (text.includes("\0")) throw new RangeError(`path contains a NUL byte: ${JSON.stringify(text)}`);
+  return Buffer.from(`${text}\0`, "utf8");
+}
+
+/** open(2); returns the fd. */
+export function open(path: string, flags: number, mode = 0o600): number {
+  const fd = libc().open(cString(path), flags, mode);
+  if (fd < 0) throw new ErrnoError("open", errno(), path);
+  return fd;
+}
+
+export function close(fd: number): void {
+  if (libc().close(fd) !== 0) throw new ErrnoError("close", errno());
+}
+
+/**
+ * Memory from posix_memalign, for O_DIRECT (which needs buffers aligned like the device's
+ * sectors). `bytes` views the native memory itself; `free()` releases it (once), after which
+ * `bytes` and `pointer` throw. Keep no other reference to the view: it would outlive the memory.
+ */
+export class AlignedBuffer {
+  #pointer: Pointer | undefined;
+  #bytes: Uint8Array | undefined;
+
+  private constructor(
+    pointer: Pointer,
+    readonly sizeBytes: number,
+  ) {
+    this.#pointer = pointer;
+    this.#bytes = new Uint8Array(toArrayBuffer(pointer, 0, sizeBytes));
+  }
+
+  static allocate(sizeBytes: number, alignmentBytes: number): AlignedBuffer {
+    if (!(Number.isSafeInteger(sizeBytes) && sizeBytes > 0)) throw new RangeError(`aligned buffer of ${sizeBytes} bytes`);
+    const out = new BigUint64Array(1);
+    // posix_memalign returns the error number instead of setting errno.
+    const error = libc().posix_memalign(out, alignmentBytes, sizeBytes);
+    if (error !== 0) throw new ErrnoError("posix_memalign", error, `${sizeBytes} bytes`);
+    return new AlignedBuffer(Number(out[0]) as Pointer, sizeBytes);
+  }
+
+  get pointer(): Pointer {
+    if (this.#pointer === undefined) throw new Error("aligned buffer used after free");
+    return this.#pointer;
+  }
+
+  get bytes(): Uint8Array {
+    if (this.#bytes === undefined) throw new Error("aligned buffer used after free");
+    return this.#bytes;
+  }
+
+  /** Idempotent. */
+  free(): void {
+    if (this.#pointer === undefined) return;
+    libc().free(this.#pointer);
+    this.#pointer = undefined;
+    this.#bytes = undefined;
+  }
+}
+
+function checkSpan(buffer: AlignedBuffer, lengthBytes: number): void {
+  if (!(Number.isSafeInteger(lengthBytes) && lengthBytes >= 0 && lengthBytes <= buffer.sizeBytes)) {
+    throw new RangeError(`${lengthBytes} bytes do not fit a ${buffer.sizeBytes}-byte buffer`);
+  }
+}
+
+/** pread(2) into the start of `buffer`; returns the bytes read (fewer at end of file). */
+export function pread(fd: number, buffer: AlignedBuffer, lengthBytes: number, offset: number): number {
+  checkSpan(buffer, lengthBytes);
+  const count = libc().pread(fd, buffer.pointer, lengthBytes, offset);
+  if (count < 0n) throw new ErrnoError("pread", errno());
+  return Number(count);
+}
+
+/** pwrite(2) from the start of `buffer`; returns the bytes written. */
+export function pwrite(fd: number, buffer: AlignedBuffer, lengthBytes: number, offset: number): number {
+  checkSpan(buffer, lengthBytes);
+  const count = libc().pwrite(fd, buffer.pointer, lengthBytes, offset);
+  if (count < 0n) throw new ErrnoError("pwrite", errno());
+  return Number(count);
+}
+
+export interface FileStatus {
+  /** st_mode: file type (S_IFMT bits) and permissions. */
+  readonly mode: number;
+  readonly sizeBytes: number;
+  /**
+   * The offset/length alignment O_DIRECT needs on this file (STATX_DIOALIGN, Linux 6.1+), or
+   * undefined when the file system does not say (older kernels, NFS, FUSE…). 0 means the file
+   * system does not support O_DIRECT on this file at all.
+   */
+  readonly directIoAlignBytes: number | undefined;
+}
+
+/**
+ * fstat through statx(2) on the open fd (AT_EMPTY_PATH), which also reports the O_DIRECT
+ * alignment. Offsets are those of struct statx in linux/stat.h.
+ */
+export function fstatx(fd: number): FileStatus {
+  const buffer = new Uint8Array(256);
+  const mask = STATX_MODE | STATX_SIZE | STATX_DIOALIGN;
+  if (libc().statx(fd, cString(""), AT_EMPTY_PATH, mask, buffer) !== 0) throw new ErrnoError("statx", errno());
+  const view = new DataView(buffer.buffer);
+  const reported = view.getUint32(0x00, true);
+  return {
+    mode: view.getUint16(0x1c, true),
+    sizeBytes: Number(view.getBigUint64(0x28, true)),
+    directIoAlignBytes: (reported & STATX_DIOALIGN) === 0 ? undefined : view.getUint32(0x9c, true),
+  };
+}
+
+/** A block device's size in bytes (ioctl BLKGETSIZE64). */
+export function blockDeviceSizeBytes(fd: number): number {
+  const out = new BigUint64Array(1);
+  if (libc().ioctl(fd, BLKGETSIZE64, out) !== 0) throw new ErrnoError("ioctl BLKGETSIZE64", errno());
+  return Number(out[0]);
+}
+
+/** A block device's logical sector size (ioctl BLKSSZGET): the unit O_DIRECT I/O must align to. */
+export function blockDeviceSectorBytes(fd: number): number {
+  const out = new Int32Array(1);
+  if (libc().ioctl(fd, BLKSSZGET, out) !== 0) throw new ErrnoError("ioctl BLKSSZGET", errno());
+  return out[0]!;
+}
+
+const timespec = new BigInt64Array(2);
+
+/**
+ * Milliseconds (fractional) on CLOCK_BOOTTIME: monotonic like CLOCK_MONOTONIC, but it keeps
+ * counting while the machine is suspended, so a lease deadline cannot pass unnoticed in a suspend.
+ */
+export function clockBoottimeMs(): number {
+  if (libc().clock_gettime(CLOCK_BOOTTIME, timespec) !== 0) throw new ErrnoError("clock_gettime", errno(), "CLOCK_BOOTTIME");
+  return Number(timespec[0]!) * 1000 + Number(timespec[1]!) / 1e6;
+}

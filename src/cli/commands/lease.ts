@@ -1,0 +1,161 @@
+import { defineCommand } from "citty";
+import { open, stat } from "node:fs/promises";
+import { ExitCode, FithaError, UsageError } from "../../errors.ts";
+import { DirectDevice } from "../../lease/direct-device.ts";
+import { layout } from "../../lease/layout.ts";
+import { dumpLockspace, formatLockspace, LockspaceExistsError, type Dump } from "../../lease/lease-file.ts";
+import { NotFormattedError } from "../../lease/lockspace.ts";
+import { CorruptionError } from "../../lease/records.ts";
+import { IoError } from "../../lease/sector-device.ts";
+import { defaultIoTimeoutMs, defaultKillBudgetMs } from "../../lease/timeline.ts";
+import { jsonArg, logArgs } from "../args.ts";
+import { formatTable, printJson, printLines } from "../output.ts";
+
+const pathArg = {
+  path: { type: "string", required: true, valueHint: "FILE", description: "Lease file or block device on shared storage" },
+} as const;
+
+/** Deadline of each I/O of these offline tools: generous, they run by hand. */
+const toolIoTimeoutMs = 30_000;
+
+const formatCommand = defineCommand({
+  meta: { description: "Create a lockspace: a header, delta leases for --hosts host ids and --slots VM lease slots" },
+  args: {
+    ...pathArg,
+    "sector-size": { type: "enum", options: ["512", "4096"], description: "Sector size (default: what the device needs, 512 on most)" },
+    hosts: { type: "string", valueHint: "N", description: "Host ids 1..N (default 64; every ballot reads N sectors)" },
+    slots: { type: "string", valueHint: "N", description: "VM lease slots (default 1024)" },
+    name: { type: "string", valueHint: "NAME", description: "Lockspace name (default: fitha)" },
+    "max-io-timeout-ms": { type: "string", valueHint: "MS", description: `Largest io timeout a host may join with (default ${defaultIoTimeoutMs})` },
+    "kill-budget-ms": { type: "string", valueHint: "MS", description: `Time allowed to kill a failed host's VMs, part of host-dead (default ${defaultKillBudgetMs})` },
+    force: { type: "boolean", description: "Overwrite an existing lockspace (every host must have left it)" },
+    ...logArgs,
+  },
+  async run({ args }) {
+    const hosts = integerArg("--hosts", args.hosts, 64);
+    const slots = integerArg("--slots", args.slots, 1024);
+    const requestedSectorSize = args["sector-size"] === undefined ? undefined : (Number(args["sector-size"]) as 512 | 4096);
+    const geometryCheck = (sectorSize: 512 | 4096) => {
+      try {
+        return layout({ sectorSize, hosts, slots });
+      } catch (error) {
+        throw new UsageError(`lease format: ${(error as Error).message}`);
+      }
+    };
+    // A new file is sized for the sector size the device turns out to need (512 on most).
+    let sectorSize = requestedSectorSize ?? 512;
+    await ensureFileSize(args.path, geometryCheck(sectorSize).totalBytes);
+    let device = await openDevice(args.path, requestedSectorSize);
+    if (requestedSectorSize === undefined && device.sectorSize !== sectorSize) {
+      sectorSize = device.sectorSize;
+      await device.close();
+      await ensureFileSize(args.path, geometryCheck(sectorSize).totalBytes);
+      device = await openDevice(args.path, sectorSize);
+    }
+    try {
+      const header = await formatLockspace(device, {
+        sectorSize,
+        hosts,
+        slots,
+        name: args.name ?? "fitha",
+        maxIoTimeoutMs: integerArg("--max-io-timeout-ms", args["max-io-timeout-ms"], defaultIoTimeoutMs),
+        killBudgetMs: integerArg("--kill-budget-ms", args["kill-budget-ms"], defaultKillBudgetMs),
+        force: args.force === true,
+        ioTimeoutMs: toolIoTimeoutMs,
+      }).catch(rethrowExpected);
+      printLines(`${args.path}: lockspace "${header.name}" (${header.lockspaceId}): ${sectorSize}-byte sectors, ${hosts} host ids, ${slots} VM lease slots`);
+    } finally {
+      await device.close();
+    }
+  },
+});
+
+const dumpCommand = defineCommand({
+  meta: { description: "Show a lockspace: its hosts with generation and timestamp, and its VM leases with owner and version" },
+  args: { ...pathArg, ...jsonArg, ...logArgs },
+  async run({ args }) {
+    const device = await openDevice(args.path, undefined);
+    let dump: Dump;
+    try {
+      dump = await dumpLockspace(device, toolIoTimeoutMs).catch(rethrowExpected);
+    } finally {
+      await device.close();
+    }
+    if (args.json) printJson(dump);
+    else printLines(...renderDump(dump));
+    // Corruption is the one thing an operator must not miss in a dump.
+    return dump.corrupt.length > 0 ? ExitCode.failed : ExitCode.ok;
+  },
+});
+
+export const leaseCommand = defineCommand({
+  meta: { description: "Lease files: format and inspect (offline tools, no daemon needed)" },
+  subCommands: { format: formatCommand, dump: dumpCommand },
+});
+
+function integerArg(flag: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const parsed = Number(value);
+  if (!/^[0-9]+$/.test(value) || !Number.isSafeInteger(parsed)) throw new UsageError(`lease: ${flag} must be a whole number, not "${value}"`);
+  return parsed;
+}
+
+/** A lease file that does not exist yet is created at the size the lockspace needs. */
+async function ensureFileSize(path: string, bytes: number): Promise<void> {
+  const existing = await stat(path).catch(() => undefined);
+  if (existing !== undefined && !existing.isFile()) return; // a block device: its size is checked on open
+  const handle = await open(path, existing === undefined ? "wx" : "r+").catch((error: NodeJS.ErrnoException) => {
+    throw new FithaError(`${path}: cannot create lease file (${error.code ?? error.message})`);
+  });
+  try {
+    if ((existing?.size ?? 0) < bytes) await handle.truncate(bytes);
+  } finally {
+    await handle.close();
+  }
+}
+
+async function openDevice(path: string, sectorSize: 512 | 4096 | undefined): Promise<DirectDevice> {
+  try {
+    return await DirectDevice.open(path, sectorSize === undefined ? {} : { sectorSize });
+  } catch (error) {
+    if (error instanceof IoError) throw new FithaError(error.message);
+    throw error;
+  }
+}
+
+/** Errors an operator can act on become one-line FithaErrors; anything else stays a bug. */
+function rethrowExpected(error: unknown): never {
+  if (error instanceof LockspaceExistsError) throw new FithaError(error.message, ExitCode.usage);
+  if (error instanceof NotFormattedError || error instanceof CorruptionError || error instanceof IoError || error instanceof RangeError) {
+    throw new FithaError(error.message);
+  }
+  throw error;
+}
+
+function renderDump(dump: Dump): string[] {
+  const ls = dump.lockspace;
+  return [
+    `lockspace "${ls.name}" (${ls.id}) on ${dump.path}`,
+    `  ${ls.sector_size}-byte sectors, ${ls.hosts} host ids, ${ls.slots} VM lease slots, max io timeout ${ls.max_io_timeout_ms} ms, kill budget ${ls.kill_budget_ms} ms`,
+    "",
+    ...table(
+      "hosts",
+      "none has joined",
+      ["HOST ID", "NAME", "STATE", "GENERATION", "TIMESTAMP MS", "IO TIMEOUT MS", "INSTALL ID"],
+      dump.hosts.map((h) => [String(h.host_id), h.host_name, h.state, String(h.generation), String(h.timestamp_ms), String(h.io_timeout_ms), h.install_id]),
+    ),
+    "",
+    ...table(
+      "VM leases",
+      "none used yet",
+      ["SLOT", "VM", "STATE", "OWNER HOST ID", "OWNER GENERATION", "LVER"],
+      dump.leases.map((l) => [String(l.slot), l.resource, l.state, String(l.owner_host_id), String(l.owner_generation), String(l.lver)]),
+    ),
+    ...(dump.corrupt.length === 0 ? [] : ["", "CORRUPT RECORDS (not repaired; investigate before using this lockspace):", ...dump.corrupt.map((c) => `  ${c}`)]),
+  ];
+}
+
+function table(title: string, empty: string, header: readonly string[], rows: readonly string[][]): string[] {
+  if (rows.length === 0) return [`${title}: ${empty}`];
+  return [`${title}:`, ...formatTable(header, rows).map((line) => `  ${line}`)];
+}
