@@ -76,26 +76,62 @@ export class HostView {
   }
 
   liveness(hostId: number, generation: number): Liveness {
+    const silence = this.#silence(hostId, generation);
+    if (silence === undefined) return { state: "live", deadInMs: undefined };
+    return silence.silentMs >= silence.hostDeadMs ? { state: "dead" } : { state: "live", deadInMs: silence.hostDeadMs - silence.silentMs };
+  }
+
+  /** Every host id that has ever been written, as this observer sees it (for status displays). */
+  summary(): HostSummary[] {
+    const result: HostSummary[] = [];
+    for (const [hostId, { slot }] of [...this.#observations].sort(([a], [b]) => a - b)) {
+      if (slot === "empty") continue;
+      if ("corrupt" in slot) {
+        result.push({ hostId, hostName: undefined, generation: undefined, state: "unknown", silentMs: undefined });
+        continue;
+      }
+      const silence = slot.state === "held" ? this.#silence(hostId, slot.generation) : undefined;
+      let state: HostState = "free";
+      if (slot.state === "held") {
+        if (silence === undefined) state = "unknown";
+        else if (silence.silentMs >= silence.hostDeadMs) state = "dead";
+        else state = silence.silentMs >= timeline(slot.ioTimeoutMs, this.killBudgetMs).renewalWarnMs ? "failing" : "live";
+      }
+      result.push({ hostId, hostName: slot.hostName, generation: slot.generation, state, silentMs: silence?.silentMs });
+    }
+    return result;
+  }
+
+  /** How long incarnation (hostId, generation) has been seen silent, against its host-dead; undefined if unknowable. */
+  #silence(hostId: number, generation: number): { silentMs: number; hostDeadMs: number } | undefined {
     const observation = this.#observations.get(hostId);
     const readStartMs = this.#lastReadStartMs;
-    if (observation === undefined || readStartMs === undefined || this.#blind) return { state: "live", deadInMs: undefined };
+    if (observation === undefined || readStartMs === undefined || this.#blind) return undefined;
     const { slot } = observation;
-    if (typeof slot === "object" && "corrupt" in slot) return { state: "live", deadInMs: undefined };
-    let silentSinceMs: number;
-    let hostDeadMs: number;
+    if (typeof slot === "object" && "corrupt" in slot) return undefined;
     if (slot !== "empty" && slot.generation === generation && slot.state === "held") {
-      silentSinceMs = observation.lastChangeAtMs;
-      hostDeadMs = timeline(slot.ioTimeoutMs, this.killBudgetMs).hostDeadMs;
-    } else if (slot !== "empty" && slot.generation < generation) {
-      // This incarnation has not appeared in our reads yet: we know nothing of it.
-      return { state: "live", deadInMs: undefined };
-    } else {
-      silentSinceMs = observation.incarnationSeenAtMs;
-      hostDeadMs = this.supersededDeadMs;
+      return { silentMs: Math.max(0, readStartMs - observation.lastChangeAtMs), hostDeadMs: timeline(slot.ioTimeoutMs, this.killBudgetMs).hostDeadMs };
     }
-    const silentMs = readStartMs - silentSinceMs;
-    return silentMs >= hostDeadMs ? { state: "dead" } : { state: "live", deadInMs: hostDeadMs - silentMs };
+    // This incarnation has not appeared in our reads yet: we know nothing of it.
+    if (slot !== "empty" && slot.generation < generation) return undefined;
+    return { silentMs: Math.max(0, readStartMs - observation.incarnationSeenAtMs), hostDeadMs: this.supersededDeadMs };
   }
+}
+
+export type HostState = "free" | "live" | "failing" | "dead" | "unknown";
+
+export interface HostSummary {
+  readonly hostId: number;
+  readonly hostName: string | undefined;
+  readonly generation: number | undefined;
+  /**
+   * free: released; live: renewed within its renewal-warn time (4T); failing: silent longer
+   * than that, not yet dead; dead: silent for host-dead; unknown: corrupt record, or this
+   * observer is blind.
+   */
+  readonly state: HostState;
+  /** Silence observed so far, for held records this observer can judge. */
+  readonly silentMs: number | undefined;
 }
 
 function sameContent(a: DeltaSlot, b: DeltaSlot): boolean {

@@ -40,9 +40,9 @@ export function parseHeader(device: SectorDevice, sector: Uint8Array): Lockspace
   return { device, header, layout: l };
 }
 
-/** The header sector alone: the device's first `sectorSize` bytes (the smallest possible sector). */
+/** Reads and checks the header at the start of `device`. */
 export async function readLockspace(device: SectorDevice, timeoutMs: number): Promise<Lockspace> {
-  // The header says its own sector size; read 4 KiB (a whole sector in either format) to get it.
+  // The header says its own sector size; 4 KiB is a whole header in either format.
   const [first] = await device.io([{ kind: "read", offset: 0, length: Math.min(4096, device.sizeBytes) }], timeoutMs);
   const headerSize = new DataView(first!.buffer, first!.byteOffset).getUint32(8, true) === 4096 ? 4096 : 512;
   return parseHeader(device, first!.subarray(0, headerSize));

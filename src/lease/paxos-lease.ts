@@ -75,7 +75,7 @@ export async function acquireLease(lease: DeltaLease, slot: number, resource: st
   const us: Owner = { hostId: lease.hostId, generation: lease.generation };
   for (let attempt = 1; ; attempt++) {
     requireValid(lease, "ok");
-    const read = await readSlot(lease, slot, true);
+    const read = await readSlot(lease, slot);
     const { leader } = read;
     if (leader !== undefined && leader.state === "held" && leader.resource !== resource) {
       throw new SlotInUseError(slot, resource, leader.resource);
@@ -91,13 +91,13 @@ export async function acquireLease(lease: DeltaLease, slot: number, resource: st
         continue;
       }
       if (sameOwner(value, us)) return commit(lease, slot, resource, accepted);
-      const blocked = holdResult(lease, value);
+      const blocked = await holdResult(lease, value);
       if (blocked !== undefined) return blocked;
       instance = accepted;
     } else if (leader !== undefined && leader.state === "held") {
       const owner = { hostId: leader.ownerHostId, generation: leader.ownerGeneration };
       if (sameOwner(owner, us)) return { status: "acquired", lver: leader.lver, already: true };
-      const blocked = holdResult(lease, owner);
+      const blocked = await holdResult(lease, owner);
       if (blocked !== undefined) return blocked;
     }
     // The lease is free (never used, released, or its owner is dead): propose ourselves.
@@ -108,15 +108,30 @@ export async function acquireLease(lease: DeltaLease, slot: number, resource: st
     }
     if (sameOwner(value, us)) return commit(lease, slot, resource, instance + 1);
     // Another host proposing at the same time won this instance; it is live (it is acquiring).
-    return holdResult(lease, value) ?? { status: "held", owner: value, ownerName: nameOf(lease, value.hostId), deadInMs: undefined };
+    return (await holdResult(lease, value)) ?? { status: "held", owner: value, ownerName: nameOf(lease, value.hostId), deadInMs: undefined };
   }
 }
 
+export interface ReleaseOptions extends PaxosOptions {
+  /**
+   * The lease version this incarnation acquired (acquireLease's `lver`). With it, release is a
+   * single write: while our host lease is valid nobody can have decided a later version (that
+   * needs us dead), and only we write our held leader, so the leader is ours at `lver`.
+   * Without it, release reads the slot first and also finishes an acquisition of ours that was
+   * decided but never committed.
+   */
+  readonly lver?: number;
+}
+
 /** Releases the lease in `slot` if this incarnation holds it (also an acquisition decided but not committed). */
-export async function releaseLease(lease: DeltaLease, slot: number, resource: string, options: PaxosOptions = {}): Promise<ReleaseResult> {
+export async function releaseLease(lease: DeltaLease, slot: number, resource: string, options: ReleaseOptions = {}): Promise<ReleaseResult> {
   const us: Owner = { hostId: lease.hostId, generation: lease.generation };
   requireValid(lease);
-  const read = await readSlot(lease, slot, false);
+  if (options.lver !== undefined) {
+    await writeLeader(lease, slot, { lver: options.lver, owner: us, state: "released", resource });
+    return "released";
+  }
+  const read = await readSlot(lease, slot);
   const { leader } = read;
   const accepted = highestAccepted(read.ballots);
   let lver: number;
@@ -140,7 +155,7 @@ export async function releaseLease(lease: DeltaLease, slot: number, resource: st
 
 /** The lease as on disk now, without changing it. */
 export async function inquireLease(lease: DeltaLease, slot: number): Promise<LeaseState> {
-  const read = await readSlot(lease, slot, true);
+  const read = await readSlot(lease, slot);
   return { slot, leader: read.leader, acceptedLver: highestAccepted(read.ballots) };
 }
 
@@ -167,8 +182,13 @@ function nameOf(lease: DeltaLease, hostId: number): string | undefined {
   return slot !== undefined && typeof slot === "object" && "hostName" in slot ? slot.hostName : undefined;
 }
 
-/** A "held" result while `owner` may still be alive; undefined once it is dead in our view. */
-function holdResult(lease: DeltaLease, owner: Owner): AcquireResult | undefined {
+/**
+ * A "held" result while `owner` may still be alive; undefined once it is dead in our view. The
+ * view is refreshed first: renewals keep it at most 2T old, which is safe (silence is only
+ * counted up to the last read) but would delay a takeover by up to 2T.
+ */
+async function holdResult(lease: DeltaLease, owner: Owner): Promise<AcquireResult | undefined> {
+  await refreshView(lease);
   const liveness = lease.view.liveness(owner.hostId, owner.generation);
   if (liveness.state === "dead") return undefined;
   return { status: "held", owner, ownerName: nameOf(lease, owner.hostId), deadInMs: liveness.deadInMs };
@@ -186,30 +206,25 @@ async function writeLeader(lease: DeltaLease, slot: number, leader: { lver: numb
   await lease.device.io([{ kind: "write", offset: slotOffset(l, slot), data: encodeRecord(record, l.sectorSize) }], lease.timeline.ioTimeoutMs);
 }
 
-/**
- * One read of the slot (leader and every ballot block, contiguous) and, when `withHosts`, of
- * the delta area in the same batch, so that the liveness verdicts acquiring relies on are fresh.
- */
-async function readSlot(lease: DeltaLease, slot: number, withHosts: boolean): Promise<SlotRead> {
+/** Reads the delta area into the host view (a failed read makes the view blind, rule 1). */
+async function refreshView(lease: DeltaLease): Promise<void> {
   const ls = lease.lockspace;
-  const l = ls.layout;
-  const slotBytes = (1 + l.hosts) * l.sectorSize;
   const startMs = lease.clock.nowMs();
-  let buffers: Uint8Array[];
+  let area: Uint8Array;
   try {
-    buffers = await lease.device.io(
-      [
-        { kind: "read", offset: slotOffset(l, slot), length: slotBytes },
-        ...(withHosts ? [{ kind: "read" as const, offset: l.deltaAreaOffset, length: l.deltaAreaBytes }] : []),
-      ],
-      lease.timeline.ioTimeoutMs,
-    );
+    [area] = (await lease.device.io([{ kind: "read", offset: ls.layout.deltaAreaOffset, length: ls.layout.deltaAreaBytes }], lease.timeline.ioTimeoutMs)) as [Uint8Array];
   } catch (error) {
-    if (withHosts) lease.view.blind();
+    lease.view.blind();
     throw error;
   }
-  if (withHosts) lease.view.observe(parseDeltaArea(ls, buffers[1]!), startMs, lease.clock.nowMs());
-  const bytes = buffers[0]!;
+  lease.view.observe(parseDeltaArea(ls, area), startMs, lease.clock.nowMs());
+}
+
+/** One read of the slot: leader and every ballot block, which are contiguous. */
+async function readSlot(lease: DeltaLease, slot: number): Promise<SlotRead> {
+  const ls = lease.lockspace;
+  const l = ls.layout;
+  const [bytes] = (await lease.device.io([{ kind: "read", offset: slotOffset(l, slot), length: (1 + l.hosts) * l.sectorSize }], lease.timeline.ioTimeoutMs)) as [Uint8Array];
   const where = `${ls.device.name} lease slot ${slot}`;
   const leader = decodeRecord(bytes.subarray(0, l.sectorSize), "leader", `${where} leader`);
   if (leader !== "empty" && leader.slot !== slot) throw new CorruptionError(`${where} leader`, `record names slot ${leader.slot}`);

@@ -140,10 +140,12 @@ export function encodeRecord(record: LeaseRecord, sectorSize: SectorSize): Uint8
 
 /** Decodes one sector expected to hold a record of `kind`; `where` names it in errors. */
 export function decodeRecord<K extends Kind>(bytes: Uint8Array, kind: K, where: string): Extract<LeaseRecord, { kind: K }> | "empty" {
-  if (bytes.every((b) => b === 0)) return "empty";
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const corrupt = (reason: string) => new CorruptionError(where, reason);
-  if (view.getUint32(0, true) !== recordMagic) throw corrupt("bad magic number");
+  if (view.getUint32(0, true) !== recordMagic) {
+    if (allZero(bytes)) return "empty";
+    throw corrupt("bad magic number");
+  }
   const stored = view.getUint32(bytes.length - 4, true);
   const computed = crc32c(bytes.subarray(0, bytes.length - 4));
   if (stored !== computed) throw corrupt(`checksum mismatch (stored ${hex(stored)}, computed ${hex(computed)})`);
@@ -181,6 +183,17 @@ export function decodeRecord<K extends Kind>(bytes: Uint8Array, kind: K, where: 
       record = { kind: "ballot", slot: u32(0), hostId: u32(4), lver: u64(8), mbal: u64(16), bal: u64(24), inpHostId: u32(32), inpGeneration: u64(40) };
   }
   return record as Extract<LeaseRecord, { kind: K }>;
+}
+
+/** Word at a time: most sectors read are empty ballot blocks of hosts that never took part. */
+function allZero(bytes: Uint8Array): boolean {
+  if (bytes.byteOffset % 4 === 0 && bytes.length % 4 === 0) {
+    const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
+    for (let i = 0; i < words.length; i++) if (words[i] !== 0) return false;
+    return true;
+  }
+  for (let i = 0; i < bytes.length; i++) if (bytes[i] !== 0) return false;
+  return true;
 }
 
 function checkU32(value: number): number {

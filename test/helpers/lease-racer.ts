@@ -77,11 +77,14 @@ if (mode === "race") {
   emit({ event: result.status });
   // Acting as owner: always check the host lease first, then act, with no await in between.
   for (;;) {
+    // The time of the act is taken before the check: if the lease was valid at the check, it
+    // was valid at that time too (a pause between check and write cannot make it look later).
+    const at = now();
     if (lease.phase() === "failed") {
       emit({ event: "lost", reason: lease.lostReason });
       break;
     }
-    appendFileSync(marker, `${hostId} ${now()}\n`);
+    appendFileSync(marker, `${hostId} ${at}\n`);
     await monotonicClock.sleep(5);
   }
 } else if (mode === "take") {

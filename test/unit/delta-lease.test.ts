@@ -185,6 +185,24 @@ describe("host view", () => {
     expect(v.liveness(1, 3)).toEqual({ state: "live", deadInMs: undefined });
   });
 
+  test("summary: live within 4T of the last change, failing after, dead at host-dead; released is free", () => {
+    const v = view();
+    const other: DeltaRecord = { ...record(1, 1), hostId: 2, hostName: "h2", state: "released" };
+    const twoHosts = new HostView(2, 22_000, 6_000);
+    twoHosts.observe([record(1, 100), other], 0, 10);
+    expect(twoHosts.summary()).toEqual([
+      { hostId: 1, hostName: "h1", generation: 1, state: "live", silentMs: 0 },
+      { hostId: 2, hostName: "h2", generation: 1, state: "free", silentMs: undefined },
+    ]);
+    twoHosts.observe([record(1, 100), other], 4_010, 4_020);
+    expect(twoHosts.summary()[0]).toMatchObject({ state: "failing", silentMs: 4_000 });
+    twoHosts.observe([record(1, 100), other], 14_010, 14_020);
+    expect(twoHosts.summary()[0]).toMatchObject({ state: "dead", silentMs: 14_000 });
+    twoHosts.blind();
+    expect(twoHosts.summary()[0]).toMatchObject({ state: "unknown" });
+    expect(v.summary()).toEqual([]);
+  });
+
   test("a corrupt or never-read record is never dead", () => {
     const v = view();
     expect(v.liveness(1, 1)).toEqual({ state: "live", deadInMs: undefined });

@@ -17,6 +17,24 @@ describe("lease records", () => {
     expect(crc32c(new Uint8Array(0))).toBe(0);
   });
 
+  test("CRC32C (slicing by 8) equals the bit-by-bit definition for every length and alignment", () => {
+    const reference = (bytes: Uint8Array) => {
+      let crc = 0xffffffff;
+      for (const byte of bytes) {
+        crc ^= byte;
+        for (let k = 0; k < 8; k++) crc = crc & 1 ? (crc >>> 1) ^ 0x82f63b78 : crc >>> 1;
+      }
+      return (crc ^ 0xffffffff) >>> 0;
+    };
+    const data = crypto.getRandomValues(new Uint8Array(600));
+    for (let start = 0; start < 9; start++) {
+      for (const length of [0, 1, 7, 8, 9, 63, 508, 591]) {
+        const slice = data.subarray(start, start + length);
+        expect({ start, length, crc: crc32c(slice) }).toEqual({ start, length, crc: reference(slice) });
+      }
+    }
+  });
+
   for (const sectorSize of [512, 4096] as const) {
     test(`every record round-trips in ${sectorSize}-byte sectors`, () => {
       for (const record of samples) {

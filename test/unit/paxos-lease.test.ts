@@ -31,6 +31,28 @@ describe("VM lease (Disk Paxos)", () => {
     expect(await space.clock.run(acquireLease(lease, 0, vm))).toEqual({ status: "acquired", lver: 2, already: false });
   });
 
+  test("release with the acquired version is one sector write, and frees the lease like a full release", async () => {
+    const space = await MemoryLockspace.create();
+    const { lease, device } = await space.join(1);
+    const { lease: other } = await space.join(2);
+    const acquired = await space.clock.run(acquireLease(lease, 0, vm));
+    if (acquired.status !== "acquired") throw new Error("not acquired");
+    const before = { ...device.stats };
+    expect(await space.clock.run(releaseLease(lease, 0, vm, { lver: acquired.lver }))).toBe("released");
+    expect(device.stats.reads - before.reads).toBe(0);
+    expect(device.stats.bytesWritten - before.bytesWritten).toBe(512);
+    expect(await space.clock.run(acquireLease(other, 0, vm))).toMatchObject({ status: "acquired", lver: 2 });
+  });
+
+  test("acquiring a free lease reads the slot and the ballots twice, and writes three sectors", async () => {
+    const space = await MemoryLockspace.create({ hosts: 64 });
+    const { lease, device } = await space.join(1);
+    const before = { ...device.stats };
+    await space.clock.run(acquireLease(lease, 0, vm));
+    expect(device.stats.bytesRead - before.bytesRead).toBe(65 * 512 + 2 * 64 * 512);
+    expect(device.stats.bytesWritten - before.bytesWritten).toBe(3 * 512);
+  });
+
   test("a lease held by a live host is refused, naming the owner; released, it is free at once", async () => {
     const space = await MemoryLockspace.create();
     const { lease: a } = await space.join(1);
