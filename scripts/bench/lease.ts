@@ -162,7 +162,8 @@ async function benchSanlock(dir: string) {
 const dir = await mkdtemp("/var/tmp/fitha-bench-lease-");
 try {
   const fitha = await benchFitha(dir);
-  const sanlock = values["skip-sanlock"] ? undefined : await benchSanlock(dir);
+  // fitha's figures are worth printing even when the sanlock side fails.
+  const sanlock = values["skip-sanlock"] ? undefined : await benchSanlock(dir).catch((error: Error) => ({ error: error.message }));
   console.log(JSON.stringify({ io_timeout_s: ioTimeoutMs / 1000, hosts, rounds, fitha, sanlock }, null, 2));
 } finally {
   await rm(dir, { recursive: true, force: true });

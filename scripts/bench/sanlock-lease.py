@@ -63,7 +63,29 @@ def median_io(deltas):
     return {k: statistics.median(d[k] for d in deltas) for k in deltas[0]}
 
 
+def run_second_host(path, io_timeout):
+    """The second host: joins, then (told the first host died) asks for vm0 until it gets it."""
+    ls = b"bench"
+    sanlock.add_lockspace(ls, 2, path, iotimeout=io_timeout)
+    print("joined", flush=True)
+    sys.stdin.readline()
+    killed = time.monotonic()
+    fd = sanlock.register()
+    while True:
+        try:
+            sanlock.acquire(ls, b"vm0", [(path, MIB)], slkfd=fd)
+            break
+        except sanlock.SanlockException:
+            if time.monotonic() - killed > 600:
+                raise
+            time.sleep(0.1)
+    print((time.monotonic() - killed) * 1000, flush=True)
+
+
 def main():
+    if sys.argv[1] == "--host2":
+        run_second_host(sys.argv[2], int(sys.argv[3]))
+        return
     workdir, io_timeout, rounds, held_list, takeover = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), [int(x) for x in sys.argv[4].split(",")], sys.argv[5] == "1"
     result = {"version": "3.8.5"}
     daemons = []
@@ -122,26 +144,23 @@ def main():
         result["renewal_io"] = renewal
 
         # --- takeover of a dead host's lease (two daemons = two hosts) ---
+        # python3-sanlock picks its daemon's socket once per process, so host 2 is a child
+        # process with its own SANLOCK_RUN_DIR.
         if takeover:
             d2 = Daemon(workdir, "h2")
             daemons.append(d2)
-            d2.use()
-            sanlock.add_lockspace(ls, 2, path, iotimeout=io_timeout)
+            second = subprocess.Popen([sys.executable, __file__, "--host2", path, str(io_timeout)],
+                                     env=dict(os.environ, SANLOCK_RUN_DIR=d2.run_dir),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            if second.stdout.readline().strip() != "joined":
+                raise RuntimeError("host 2 did not join")
             # host 1 holds vm0 (acquired above); kill its daemon: it stops renewing at once
             d1.proc.send_signal(signal.SIGKILL)
             d1.proc.wait(10)
-            killed = time.monotonic()
-            d2.use()
-            fd2 = sanlock.register()
-            while True:
-                try:
-                    sanlock.acquire(ls, b"vm0", disk, slkfd=fd2)
-                    break
-                except sanlock.SanlockException:
-                    if time.monotonic() - killed > 600:
-                        raise
-                    time.sleep(0.1)
-            result["takeover_ms_after_kill"] = (time.monotonic() - killed) * 1000
+            second.stdin.write("go\n")
+            second.stdin.flush()
+            result["takeover_ms_after_kill"] = float(second.stdout.readline())
+            second.wait(10)
     finally:
         for d in daemons:
             d.stop()

@@ -18,7 +18,11 @@ import type { SectorDevice } from "./sector-device.ts";
 export interface JoinOptions {
   readonly hostId: number;
   readonly hostName: string;
-  /** Persisted id of this installation (32 hex digits); lets the same installation rejoin fast. */
+  /**
+   * Persisted id of this installation (32 hex digits); lets the same installation rejoin its
+   * host id at once. The caller must make sure no earlier process of this installation is still
+   * running (lockd holds a lock file in its state dir), or two processes would share the id.
+   */
   readonly installId: string;
   readonly ioTimeoutMs: number;
   /**
