@@ -45,6 +45,29 @@ export class HostIdInUseError extends Error {
 
 export type Phase = "ok" | "warn" | "failed";
 
+/**
+ * What lockd persists after every renewal so that a restarted lockd can carry on as the same
+ * incarnation (DESIGN §4.1 rule 5) instead of rejoining and fencing every VM.
+ */
+export interface Incarnation {
+  readonly hostId: number;
+  readonly hostName: string;
+  readonly installId: string;
+  readonly ioTimeoutMs: number;
+  readonly generation: number;
+  /** Timestamps of our records that may be on disk: the last confirmed one, then writes in doubt. */
+  readonly recordTimestampsMs: readonly number[];
+  /** Start of the last successful renewal on the lease's clock (CLOCK_BOOTTIME in lockd). */
+  readonly lastRenewalStartMs: number;
+}
+
+export class ResumeRefusedError extends Error {
+  constructor(reason: string) {
+    super(`cannot resume the host lease: ${reason}`);
+    this.name = "ResumeRefusedError";
+  }
+}
+
 export type RenewOutcome =
   | { readonly ok: true; readonly latencyMs: number }
   | { readonly ok: false; readonly reason: string; /** the host id was overwritten by another host: the lease is lost */ readonly collision: boolean };
@@ -157,6 +180,54 @@ export class DeltaLease {
       throw new HostIdInUseError(options.hostId, after === "empty" || "corrupt" in after ? "another host (sector changed)" : describeHolder(after));
     }
     return new DeltaLease(lockspace, clock, written, startMs, view);
+  }
+
+  /**
+   * Carries on an incarnation persisted by an earlier process (`incarnation`), without a new
+   * generation and without touching any VM lease. Safe only if that process is gone and `clock`
+   * is the one it used (CLOCK_BOOTTIME of the same boot: the caller checks the boot id), and only
+   * before renewal-fail: until then nobody can have seen this host dead (that takes 8T + K of
+   * silence), so every lease it held is still its own. Refused otherwise, or if the sector shows
+   * anything but one of our own records.
+   */
+  static async resume(device: SectorDevice, clock: Clock, incarnation: Incarnation): Promise<DeltaLease> {
+    const lockspace = await readLockspace(device, incarnation.ioTimeoutMs);
+    const { header, layout: l } = lockspace;
+    const t = timeline(incarnation.ioTimeoutMs, header.killBudgetMs);
+    const ageMs = clock.nowMs() - incarnation.lastRenewalStartMs;
+    if (!(ageMs >= 0 && ageMs < t.renewalFailMs)) {
+      throw new ResumeRefusedError(`the last renewal was ${Math.round(ageMs)} ms ago, not within renewal-fail (${t.renewalFailMs} ms)`);
+    }
+    const view = new HostView(l.hosts, timeline(header.maxIoTimeoutMs, header.killBudgetMs).hostDeadMs, header.killBudgetMs);
+    const startMs = clock.nowMs();
+    const [area] = await device.io([{ kind: "read", offset: l.deltaAreaOffset, length: l.deltaAreaBytes }], incarnation.ioTimeoutMs);
+    const slots = parseDeltaArea(lockspace, area!);
+    view.observe(slots, startMs, clock.nowMs());
+    const seen = slots[incarnation.hostId - 1]!;
+    const ours = incarnation.recordTimestampsMs.map(
+      (timestampMs): DeltaRecord => ({ kind: "delta", hostId: incarnation.hostId, generation: incarnation.generation, timestampMs, ioTimeoutMs: incarnation.ioTimeoutMs, installId: incarnation.installId, hostName: incarnation.hostName, state: "held" }),
+    );
+    if (ours.length === 0) throw new ResumeRefusedError("no record of ours was persisted");
+    if (seen === "empty" || "corrupt" in seen || !ours.some((record) => sameRecord(record, seen))) {
+      throw new ResumeRefusedError(`host id ${incarnation.hostId} now holds ${seen === "empty" ? "nothing" : "corrupt" in seen ? "a corrupt record" : describeHolder(seen)}`);
+    }
+    const lease = new DeltaLease(lockspace, clock, ours[0]!, incarnation.lastRenewalStartMs, view);
+    lease.#ours = ours;
+    return lease;
+  }
+
+  /** The state to persist after each renewal (see `resume`). */
+  get incarnation(): Incarnation {
+    const confirmed = this.#ours[0]!;
+    return {
+      hostId: confirmed.hostId,
+      hostName: confirmed.hostName,
+      installId: confirmed.installId,
+      ioTimeoutMs: confirmed.ioTimeoutMs,
+      generation: confirmed.generation,
+      recordTimestampsMs: this.#ours.map((record) => record.timestampMs),
+      lastRenewalStartMs: this.#lastRenewalStartMs,
+    };
   }
 
   /** Where this host stands: VM leases are usable only in "ok" and "warn"; "failed" is final. */
