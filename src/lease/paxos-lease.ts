@@ -15,6 +15,7 @@ import type { DeltaLease } from "./delta-lease.ts";
 import { ballotOffset, slotOffset } from "./layout.ts";
 import { parseDeltaArea } from "./lockspace.ts";
 import { CorruptionError, decodeRecord, encodeRecord, type BallotRecord, type LeaderRecord } from "./records.ts";
+import type { SectorDevice } from "./sector-device.ts";
 
 export interface Owner {
   readonly hostId: number;
@@ -67,15 +68,31 @@ interface SlotRead {
 export interface PaxosOptions {
   /** Randomness for contention backoff; injected so that the simulator is deterministic. */
   readonly random?: () => number;
+  /**
+   * The device for VM lease I/O, if not the host lease's own: lockd gives each its own I/O
+   * worker, so that slow VM lease I/O never delays a renewal.
+   */
+  readonly device?: SectorDevice;
+}
+
+/** One operation's context: the host lease it acts for, the device and randomness it uses. */
+interface Session {
+  readonly lease: DeltaLease;
+  readonly device: SectorDevice;
+  readonly random: () => number;
+}
+
+function openSession(lease: DeltaLease, options: PaxosOptions): Session {
+  return { lease, device: options.device ?? lease.device, random: options.random ?? Math.random };
 }
 
 /** Acquires the lease in `slot` for `resource` on behalf of the delta lease's incarnation. */
 export async function acquireLease(lease: DeltaLease, slot: number, resource: string, options: PaxosOptions = {}): Promise<AcquireResult> {
-  const random = options.random ?? Math.random;
+  const session = openSession(lease, options);
   const us: Owner = { hostId: lease.hostId, generation: lease.generation };
   for (let attempt = 1; ; attempt++) {
     requireValid(lease, "ok");
-    const read = await readSlot(lease, slot);
+    const read = await readSlot(session, slot);
     const { leader } = read;
     if (leader !== undefined && leader.state === "held" && leader.resource !== resource) {
       throw new SlotInUseError(slot, resource, leader.resource);
@@ -85,30 +102,30 @@ export async function acquireLease(lease: DeltaLease, slot: number, resource: st
     if (accepted > instance) {
       // An acquisition of instance `accepted` reached phase 2 but never wrote its leader (its
       // host crashed or timed out). Finish that instance first: Paxos gives back its value.
-      const value = await runBallot(lease, slot, accepted, read.ballots, us, random);
+      const value = await runBallot(session, slot, accepted, read.ballots, us);
       if (value === "contended") {
         if (attempt === maxBallotAttempts) throw contention(slot);
         continue;
       }
-      if (sameOwner(value, us)) return commit(lease, slot, resource, accepted);
-      const blocked = await holdResult(lease, value);
+      if (sameOwner(value, us)) return commit(session, slot, resource, accepted);
+      const blocked = await holdResult(session, value);
       if (blocked !== undefined) return blocked;
       instance = accepted;
     } else if (leader !== undefined && leader.state === "held") {
       const owner = { hostId: leader.ownerHostId, generation: leader.ownerGeneration };
       if (sameOwner(owner, us)) return { status: "acquired", lver: leader.lver, already: true };
-      const blocked = await holdResult(lease, owner);
+      const blocked = await holdResult(session, owner);
       if (blocked !== undefined) return blocked;
     }
     // The lease is free (never used, released, or its owner is dead): propose ourselves.
-    const value = await runBallot(lease, slot, instance + 1, read.ballots, us, random);
+    const value = await runBallot(session, slot, instance + 1, read.ballots, us);
     if (value === "contended") {
       if (attempt === maxBallotAttempts) throw contention(slot);
       continue;
     }
-    if (sameOwner(value, us)) return commit(lease, slot, resource, instance + 1);
+    if (sameOwner(value, us)) return commit(session, slot, resource, instance + 1);
     // Another host proposing at the same time won this instance; it is live (it is acquiring).
-    return (await holdResult(lease, value)) ?? { status: "held", owner: value, ownerName: nameOf(lease, value.hostId), deadInMs: undefined };
+    return (await holdResult(session, value)) ?? { status: "held", owner: value, ownerName: nameOf(lease, value.hostId), deadInMs: undefined };
   }
 }
 
@@ -125,18 +142,19 @@ export interface ReleaseOptions extends PaxosOptions {
 
 /** Releases the lease in `slot` if this incarnation holds it (also an acquisition decided but not committed). */
 export async function releaseLease(lease: DeltaLease, slot: number, resource: string, options: ReleaseOptions = {}): Promise<ReleaseResult> {
+  const session = openSession(lease, options);
   const us: Owner = { hostId: lease.hostId, generation: lease.generation };
   requireValid(lease);
   if (options.lver !== undefined) {
-    await writeLeader(lease, slot, { lver: options.lver, owner: us, state: "released", resource });
+    await writeLeader(session, slot, { lver: options.lver, owner: us, state: "released", resource });
     return "released";
   }
-  const read = await readSlot(lease, slot);
+  const read = await readSlot(session, slot);
   const { leader } = read;
   const accepted = highestAccepted(read.ballots);
   let lver: number;
   if (accepted > (leader?.lver ?? 0)) {
-    const value = await runBallot(lease, slot, accepted, read.ballots, us, options.random ?? Math.random);
+    const value = await runBallot(session, slot, accepted, read.ballots, us);
     if (value === "contended" || !sameOwner(value, us)) return "not-held";
     lver = accepted;
   } else if (leader !== undefined && leader.state === "held" && sameOwner({ hostId: leader.ownerHostId, generation: leader.ownerGeneration }, us)) {
@@ -149,13 +167,13 @@ export async function releaseLease(lease: DeltaLease, slot: number, resource: st
   }
   // Past fail the lease may already belong to someone else: writing now could overwrite their leader.
   requireValid(lease);
-  await writeLeader(lease, slot, { lver, owner: us, state: "released", resource });
+  await writeLeader(session, slot, { lver, owner: us, state: "released", resource });
   return "released";
 }
 
 /** The lease as on disk now, without changing it. */
-export async function inquireLease(lease: DeltaLease, slot: number): Promise<LeaseState> {
-  const read = await readSlot(lease, slot);
+export async function inquireLease(lease: DeltaLease, slot: number, options: PaxosOptions = {}): Promise<LeaseState> {
+  const read = await readSlot(openSession(lease, options), slot);
   return { slot, leader: read.leader, acceptedLver: highestAccepted(read.ballots) };
 }
 
@@ -187,54 +205,54 @@ function nameOf(lease: DeltaLease, hostId: number): string | undefined {
  * view is refreshed first: renewals keep it at most 2T old, which is safe (silence is only
  * counted up to the last read) but would delay a takeover by up to 2T.
  */
-async function holdResult(lease: DeltaLease, owner: Owner): Promise<AcquireResult | undefined> {
-  await refreshView(lease);
-  const liveness = lease.view.liveness(owner.hostId, owner.generation);
+async function holdResult(session: Session, owner: Owner): Promise<AcquireResult | undefined> {
+  await refreshView(session);
+  const liveness = session.lease.view.liveness(owner.hostId, owner.generation);
   if (liveness.state === "dead") return undefined;
-  return { status: "held", owner, ownerName: nameOf(lease, owner.hostId), deadInMs: liveness.deadInMs };
+  return { status: "held", owner, ownerName: nameOf(session.lease, owner.hostId), deadInMs: liveness.deadInMs };
 }
 
-async function commit(lease: DeltaLease, slot: number, resource: string, lver: number): Promise<AcquireResult> {
-  requireValid(lease, "ok");
-  await writeLeader(lease, slot, { lver, owner: { hostId: lease.hostId, generation: lease.generation }, state: "held", resource });
+async function commit(session: Session, slot: number, resource: string, lver: number): Promise<AcquireResult> {
+  requireValid(session.lease, "ok");
+  await writeLeader(session, slot, { lver, owner: { hostId: session.lease.hostId, generation: session.lease.generation }, state: "held", resource });
   return { status: "acquired", lver, already: false };
 }
 
-async function writeLeader(lease: DeltaLease, slot: number, leader: { lver: number; owner: Owner; state: "held" | "released"; resource: string }): Promise<void> {
-  const { layout: l } = lease.lockspace;
+async function writeLeader(session: Session, slot: number, leader: { lver: number; owner: Owner; state: "held" | "released"; resource: string }): Promise<void> {
+  const { layout: l } = session.lease.lockspace;
   const record: LeaderRecord = { kind: "leader", slot, lver: leader.lver, ownerHostId: leader.owner.hostId, ownerGeneration: leader.owner.generation, state: leader.state, resource: leader.resource };
-  await lease.device.io([{ kind: "write", offset: slotOffset(l, slot), data: encodeRecord(record, l.sectorSize) }], lease.timeline.ioTimeoutMs);
+  await session.device.io([{ kind: "write", offset: slotOffset(l, slot), data: encodeRecord(record, l.sectorSize) }], session.lease.timeline.ioTimeoutMs);
 }
 
 /** Reads the delta area into the host view (a failed read makes the view blind, rule 1). */
-async function refreshView(lease: DeltaLease): Promise<void> {
-  const ls = lease.lockspace;
-  const startMs = lease.clock.nowMs();
+async function refreshView(session: Session): Promise<void> {
+  const ls = session.lease.lockspace;
+  const startMs = session.lease.clock.nowMs();
   let area: Uint8Array;
   try {
-    [area] = (await lease.device.io([{ kind: "read", offset: ls.layout.deltaAreaOffset, length: ls.layout.deltaAreaBytes }], lease.timeline.ioTimeoutMs)) as [Uint8Array];
+    [area] = (await session.device.io([{ kind: "read", offset: ls.layout.deltaAreaOffset, length: ls.layout.deltaAreaBytes }], session.lease.timeline.ioTimeoutMs)) as [Uint8Array];
   } catch (error) {
-    lease.view.blind();
+    session.lease.view.blind();
     throw error;
   }
-  lease.view.observe(parseDeltaArea(ls, area), startMs, lease.clock.nowMs());
+  session.lease.view.observe(parseDeltaArea(ls, area), startMs, session.lease.clock.nowMs());
 }
 
 /** One read of the slot: leader and every ballot block, which are contiguous. */
-async function readSlot(lease: DeltaLease, slot: number): Promise<SlotRead> {
-  const ls = lease.lockspace;
+async function readSlot(session: Session, slot: number): Promise<SlotRead> {
+  const ls = session.lease.lockspace;
   const l = ls.layout;
-  const [bytes] = (await lease.device.io([{ kind: "read", offset: slotOffset(l, slot), length: (1 + l.hosts) * l.sectorSize }], lease.timeline.ioTimeoutMs)) as [Uint8Array];
+  const [bytes] = (await session.device.io([{ kind: "read", offset: slotOffset(l, slot), length: (1 + l.hosts) * l.sectorSize }], session.lease.timeline.ioTimeoutMs)) as [Uint8Array];
   const where = `${ls.device.name} lease slot ${slot}`;
   const leader = decodeRecord(bytes.subarray(0, l.sectorSize), "leader", `${where} leader`);
   if (leader !== "empty" && leader.slot !== slot) throw new CorruptionError(`${where} leader`, `record names slot ${leader.slot}`);
-  return { leader: leader === "empty" ? undefined : leader, ballots: parseBallots(lease, slot, bytes.subarray(l.sectorSize)) };
+  return { leader: leader === "empty" ? undefined : leader, ballots: parseBallots(session, slot, bytes.subarray(l.sectorSize)) };
 }
 
-function parseBallots(lease: DeltaLease, slot: number, bytes: Uint8Array): (BallotRecord | undefined)[] {
-  const { sectorSize, hosts } = lease.lockspace.layout;
+function parseBallots(session: Session, slot: number, bytes: Uint8Array): (BallotRecord | undefined)[] {
+  const { sectorSize, hosts } = session.lease.lockspace.layout;
   return Array.from({ length: hosts }, (_, index) => {
-    const where = `${lease.device.name} lease slot ${slot} ballot of host id ${index + 1}`;
+    const where = `${session.device.name} lease slot ${slot} ballot of host id ${index + 1}`;
     const ballot = decodeRecord(bytes.subarray(index * sectorSize, (index + 1) * sectorSize), "ballot", where);
     if (ballot === "empty") return undefined;
     if (ballot.slot !== slot || ballot.hostId !== index + 1) throw new CorruptionError(where, `record names slot ${ballot.slot}, host id ${ballot.hostId}`);
@@ -253,23 +271,22 @@ function highestAccepted(ballots: readonly (BallotRecord | undefined)[]): number
  * Returns the value decided for the instance, or "contended".
  */
 async function runBallot(
-  lease: DeltaLease,
+  session: Session,
   slot: number,
   instance: number,
   seen: readonly (BallotRecord | undefined)[],
   proposal: Owner,
-  random: () => number,
 ): Promise<Owner | "contended"> {
-  const { hosts } = lease.lockspace.layout;
-  const hostId = lease.hostId;
+  const { hosts } = session.lease.lockspace.layout;
+  const hostId = session.lease.hostId;
   const atInstance = (b: BallotRecord | undefined) => (b !== undefined && b.lver === instance ? b : undefined);
   const maxMbal = seen.reduce((max, b) => Math.max(max, atInstance(b)?.mbal ?? 0), 0);
   // Ballot numbers are unique per host: ≡ host id (mod hosts + 1), and above every one seen.
   const mbal = (Math.floor(maxMbal / (hosts + 1)) + 1) * (hosts + 1) + hostId;
   const own = atInstance(seen[hostId - 1]);
 
-  const phase1 = await ballotRound(lease, slot, { lver: instance, mbal, bal: own?.bal ?? 0, inp: own === undefined ? { hostId: 0, generation: 0 } : { hostId: own.inpHostId, generation: own.inpGeneration } });
-  if (phase1 === "contended") return backOff(lease, random);
+  const phase1 = await ballotRound(session, slot, { lver: instance, mbal, bal: own?.bal ?? 0, inp: own === undefined ? { hostId: 0, generation: 0 } : { hostId: own.inpHostId, generation: own.inpGeneration } });
+  if (phase1 === "contended") return backOff(session);
   // The value with the highest accepted ballot must be kept: it may already be decided.
   let value = proposal;
   let highestBal = 0;
@@ -280,34 +297,34 @@ async function runBallot(
       value = { hostId: block.inpHostId, generation: block.inpGeneration };
     }
   }
-  requireValid(lease);
-  const phase2 = await ballotRound(lease, slot, { lver: instance, mbal, bal: mbal, inp: value });
-  if (phase2 === "contended") return backOff(lease, random);
+  requireValid(session.lease);
+  const phase2 = await ballotRound(session, slot, { lver: instance, mbal, bal: mbal, inp: value });
+  if (phase2 === "contended") return backOff(session);
   return value;
 }
 
 /** Writes our ballot block, reads all blocks; "contended" if anyone is at a higher ballot or instance. */
 async function ballotRound(
-  lease: DeltaLease,
+  session: Session,
   slot: number,
   block: { lver: number; mbal: number; bal: number; inp: Owner },
 ): Promise<readonly (BallotRecord | undefined)[] | "contended"> {
-  const l = lease.lockspace.layout;
-  const record: BallotRecord = { kind: "ballot", slot, hostId: lease.hostId, lver: block.lver, mbal: block.mbal, bal: block.bal, inpHostId: block.inp.hostId, inpGeneration: block.inp.generation };
-  const [bytes] = await lease.device.io(
+  const l = session.lease.lockspace.layout;
+  const record: BallotRecord = { kind: "ballot", slot, hostId: session.lease.hostId, lver: block.lver, mbal: block.mbal, bal: block.bal, inpHostId: block.inp.hostId, inpGeneration: block.inp.generation };
+  const [bytes] = await session.device.io(
     [
-      { kind: "write", offset: ballotOffset(l, slot, lease.hostId), data: encodeRecord(record, l.sectorSize) },
+      { kind: "write", offset: ballotOffset(l, slot, session.lease.hostId), data: encodeRecord(record, l.sectorSize) },
       { kind: "read", offset: ballotOffset(l, slot, 1), length: l.hosts * l.sectorSize },
     ],
-    lease.timeline.ioTimeoutMs,
+    session.lease.timeline.ioTimeoutMs,
   );
-  const ballots = parseBallots(lease, slot, bytes!);
-  const ahead = ballots.some((b, index) => b !== undefined && index + 1 !== lease.hostId && (b.lver > block.lver || (b.lver === block.lver && b.mbal > block.mbal)));
+  const ballots = parseBallots(session, slot, bytes!);
+  const ahead = ballots.some((b, index) => b !== undefined && index + 1 !== session.lease.hostId && (b.lver > block.lver || (b.lver === block.lver && b.mbal > block.mbal)));
   return ahead ? "contended" : ballots;
 }
 
-async function backOff(lease: DeltaLease, random: () => number): Promise<"contended"> {
+async function backOff(session: Session): Promise<"contended"> {
   // Randomised so that two proposers do not keep pre-empting each other in lock step.
-  await lease.clock.sleep(Math.floor(random() * lease.timeline.ioTimeoutMs) / 10 + 1);
+  await session.lease.clock.sleep(Math.floor(session.random() * session.lease.timeline.ioTimeoutMs) / 10 + 1);
   return "contended";
 }

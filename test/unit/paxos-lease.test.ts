@@ -44,6 +44,18 @@ describe("VM lease (Disk Paxos)", () => {
     expect(await space.clock.run(acquireLease(other, 0, vm))).toMatchObject({ status: "acquired", lver: 2 });
   });
 
+  test("VM lease I/O can go through a device of its own, leaving the host lease's device to renewals", async () => {
+    const space = await MemoryLockspace.create();
+    const { lease, device: renewals } = await space.join(1);
+    const leases = space.device("host1-vm-leases");
+    const before = { ...renewals.stats };
+    const acquired = await space.clock.run(acquireLease(lease, 0, vm, { device: leases }));
+    expect(acquired).toMatchObject({ status: "acquired" });
+    expect(await space.clock.run(inquireLease(lease, 0, { device: leases }))).toMatchObject({ leader: { ownerHostId: 1 } });
+    expect(renewals.stats).toEqual(before);
+    expect(leases.stats.writes).toBe(3);
+  });
+
   test("acquiring a free lease reads the slot and the ballots twice, and writes three sectors", async () => {
     const space = await MemoryLockspace.create({ hosts: 64 });
     const { lease, device } = await space.join(1);

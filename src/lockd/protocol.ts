@@ -1,0 +1,57 @@
+/**
+ * lockd's socket protocol: one JSON object per line each way. Requests carry an `id` echoed in
+ * the reply. Every request is validated here; anything malformed gets an error reply, never a
+ * crash, and a line longer than `maxRequestBytes` ends the connection.
+ *
+ *   {"id":1,"op":"acquire","vm":"<uuid>","slot":12}  → {"id":1,"ok":true,"lver":3,"already":false}
+ *                                                    | {"id":1,"ok":false,"error":"held","owner":{...}}
+ *   {"id":2,"op":"release","vm":"<uuid>","slot":12}  → {"id":2,"ok":true,"released":true|false}
+ *   {"id":3,"op":"inquire","slot":12}                → {"id":3,"ok":true,"lease":{...}}
+ *   {"id":4,"op":"status"}                           → {"id":4,"ok":true,"status":{...}}
+ */
+
+export const maxRequestBytes = 4096;
+/** Connections served at once; more are refused at accept. */
+export const maxConnections = 64;
+
+export type Request =
+  | { readonly id: number; readonly op: "acquire"; readonly vm: string; readonly slot: number }
+  | { readonly id: number; readonly op: "release"; readonly vm: string; readonly slot: number }
+  | { readonly id: number; readonly op: "inquire"; readonly slot: number }
+  | { readonly id: number; readonly op: "status" };
+
+export type ErrorKind = "bad-request" | "held" | "not-owner" | "io" | "corrupt" | "internal";
+
+export type Reply = { readonly id: number | null; readonly ok: true; readonly [key: string]: unknown } | { readonly id: number | null; readonly ok: false; readonly error: ErrorKind; readonly message: string; readonly [key: string]: unknown };
+
+/** Parses one request line; a string is the reason it is malformed. */
+export function parseRequest(line: string): Request | { readonly malformed: string; readonly id: number | null } {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(line);
+  } catch {
+    return { malformed: "not JSON", id: null };
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) return { malformed: "not a JSON object", id: null };
+  const request = raw as Record<string, unknown>;
+  const id = Number.isSafeInteger(request["id"]) ? (request["id"] as number) : null;
+  if (id === null) return { malformed: "id must be an integer", id: null };
+  const vm = request["vm"];
+  const slot = request["slot"];
+  const validVm = typeof vm === "string" && vm.length > 0 && new TextEncoder().encode(vm).length <= 64;
+  const validSlot = Number.isSafeInteger(slot) && (slot as number) >= 0;
+  switch (request["op"]) {
+    case "acquire":
+    case "release":
+      if (!validVm) return { malformed: "vm must be a string of 1 to 64 bytes", id };
+      if (!validSlot) return { malformed: "slot must be a non-negative integer", id };
+      return { id, op: request["op"], vm: vm as string, slot: slot as number };
+    case "inquire":
+      if (!validSlot) return { malformed: "slot must be a non-negative integer", id };
+      return { id, op: "inquire", slot: slot as number };
+    case "status":
+      return { id, op: "status" };
+    default:
+      return { malformed: `unknown op ${JSON.stringify(request["op"])}`, id };
+  }
+}
