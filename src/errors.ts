@@ -11,6 +11,8 @@ export const ExitCode = {
   failed: 1,
   /** The command line or a configuration file is invalid; nothing was done. */
   usage: 2,
+  /** A lease is held by another live host (lease commands). */
+  heldElsewhere: 3,
   /** A bug: an error fitha did not expect (sysexits' EX_SOFTWARE). */
   internal: 70,
 } as const;

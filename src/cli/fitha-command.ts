@@ -13,6 +13,7 @@ export const fithaCommand = defineCommand({
   },
   subCommands: {
     status: () => import("./commands/status.ts").then((m) => m.statusCommand),
+    lockd: () => import("./commands/lockd.ts").then((m) => m.lockdCommand),
     lease: () => import("./commands/lease.ts").then((m) => m.leaseCommand),
     config: () => import("./commands/config.ts").then((m) => m.configCommand),
     version: () => import("./commands/version.ts").then((m) => m.versionCommand),

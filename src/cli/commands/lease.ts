@@ -8,6 +8,8 @@ import { NotFormattedError } from "../../lease/lockspace.ts";
 import { CorruptionError } from "../../lease/records.ts";
 import { IoError } from "../../lease/sector-device.ts";
 import { defaultIoTimeoutMs, defaultKillBudgetMs } from "../../lease/timeline.ts";
+import { defaultSocketPath, requestLockd } from "../../lockd/client.ts";
+import type { Reply } from "../../lockd/protocol.ts";
 import { jsonArg, logArgs } from "../args.ts";
 import { formatTable, printJson, printLines } from "../output.ts";
 
@@ -88,10 +90,89 @@ const dumpCommand = defineCommand({
   },
 });
 
-export const leaseCommand = defineCommand({
-  meta: { description: "Lease files: format and inspect (offline tools, no daemon needed)" },
-  subCommands: { format: formatCommand, dump: dumpCommand },
+const socketArg = {
+  socket: { type: "string", valueHint: "PATH", description: `lockd's socket (default ${defaultSocketPath})` },
+} as const;
+const vmLeaseArgs = {
+  vm: { type: "positional", required: true, description: "The VM (its UUID) whose lease this is" },
+  slot: { type: "string", required: true, valueHint: "N", description: "The VM's lease slot" },
+  ...socketArg,
+} as const;
+/** A lease request waits for lockd's ballots; bounded well above a few I/O timeouts. */
+const requestTimeoutMs = 120_000;
+
+async function askLockd(socket: string | undefined, body: Parameters<typeof requestLockd>[1]): Promise<Extract<Reply, { ok: true }>> {
+  const reply = await requestLockd(socket ?? defaultSocketPath, body, requestTimeoutMs);
+  if (reply.ok) return reply;
+  throw new FithaError(reply.message, reply.error === "held" ? ExitCode.heldElsewhere : reply.error === "bad-request" ? ExitCode.usage : ExitCode.failed);
+}
+
+const acquireCommand = defineCommand({
+  meta: { description: "Acquire a VM's lease through lockd (exit 3 if another live host holds it)" },
+  args: { ...vmLeaseArgs, ...logArgs },
+  async run({ args }) {
+    const reply = await askLockd(args.socket, { op: "acquire", vm: args.vm, slot: integerArg("--slot", args.slot, 0) });
+    printLines(`${args.vm}: lease acquired (slot ${args.slot}, version ${String(reply["lver"])}${reply["already"] ? ", already held" : ""})`);
+  },
 });
+
+const releaseCommand = defineCommand({
+  meta: { description: "Release a VM's lease through lockd" },
+  args: { ...vmLeaseArgs, ...logArgs },
+  async run({ args }) {
+    const reply = await askLockd(args.socket, { op: "release", vm: args.vm, slot: integerArg("--slot", args.slot, 0) });
+    printLines(`${args.vm}: ${reply["released"] ? "lease released" : "lease was not held by this host"}`);
+  },
+});
+
+const inquireCommand = defineCommand({
+  meta: { description: "Show one VM lease slot as on disk now, through lockd" },
+  args: { slot: vmLeaseArgs.slot, ...socketArg, ...jsonArg, ...logArgs },
+  async run({ args }) {
+    const reply = await askLockd(args.socket, { op: "inquire", slot: integerArg("--slot", args.slot, 0) });
+    if (args.json) printJson(reply["lease"]);
+    else printLines(...Object.entries(reply["lease"] as Record<string, unknown>).map(([key, value]) => `${key}: ${value === null ? "-" : String(value)}`));
+  },
+});
+
+const statusCommand = defineCommand({
+  meta: { description: "Show lockd: host lease phase, renewal age, held VM leases, other hosts' liveness" },
+  args: { ...socketArg, ...jsonArg, ...logArgs },
+  async run({ args }) {
+    const status = (await askLockd(args.socket, { op: "status" }))["status"] as LockdStatus;
+    if (args.json) printJson(status);
+    else printLines(...renderStatus(status));
+  },
+});
+
+export const leaseCommand = defineCommand({
+  meta: { description: "Leases: format and inspect lease files; acquire, release and inspect VM leases through lockd" },
+  subCommands: { format: formatCommand, dump: dumpCommand, acquire: acquireCommand, release: releaseCommand, inquire: inquireCommand, status: statusCommand },
+});
+
+interface LockdStatus {
+  host_id: number;
+  host_name: string;
+  generation: number;
+  started_by: string;
+  phase: string;
+  lost_reason: string | null;
+  last_renewal_age_ms: number;
+  timeline: Record<string, number>;
+  leases: Array<{ slot: number; vm: string; lver: number }>;
+  hosts: Array<{ host_id: number; host_name: string | null; generation: number | null; state: string; silent_ms: number | null }>;
+}
+
+function renderStatus(s: LockdStatus): string[] {
+  return [
+    `host "${s.host_name}" (host id ${s.host_id}, generation ${s.generation}, ${s.started_by})`,
+    `host lease: ${s.phase}${s.lost_reason ? ` (${s.lost_reason})` : ""}, last renewal ${s.last_renewal_age_ms} ms ago (warn at ${s.timeline["renewal_warn_ms"]}, fail at ${s.timeline["renewal_fail_ms"]})`,
+    "",
+    ...table("VM leases held", "none", ["SLOT", "VM", "LVER"], s.leases.map((l) => [String(l.slot), l.vm, String(l.lver)])),
+    "",
+    ...table("hosts", "none seen", ["HOST ID", "NAME", "GENERATION", "STATE", "SILENT MS"], s.hosts.map((h) => [String(h.host_id), h.host_name ?? "-", String(h.generation ?? "-"), h.state, h.silent_ms === null ? "-" : String(h.silent_ms)])),
+  ];
+}
 
 function integerArg(flag: string, value: string | undefined, fallback: number): number {
   if (value === undefined) return fallback;

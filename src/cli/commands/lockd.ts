@@ -1,0 +1,69 @@
+import { defineCommand } from "citty";
+import { hostname } from "node:os";
+import { ExitCode, FithaError, UsageError } from "../../errors.ts";
+import { HostIdInUseError } from "../../lease/delta-lease.ts";
+import { DirectDevice } from "../../lease/direct-device.ts";
+import { NotFormattedError } from "../../lease/lockspace.ts";
+import { CorruptionError } from "../../lease/records.ts";
+import { IoError } from "../../lease/sector-device.ts";
+import { ioTimeoutRangeMs } from "../../lease/timeline.ts";
+import { defaultSocketPath } from "../../lockd/client.ts";
+import { bootId, boottimeClock, installId, lockdAlive } from "../../lockd/host-identity.ts";
+import { LockDaemon } from "../../lockd/lock-daemon.ts";
+import { serveSocket } from "../../lockd/socket-server.ts";
+import { logger } from "../../log.ts";
+import { logArgs } from "../args.ts";
+
+const log = logger("lockd");
+
+export const lockdCommand = defineCommand({
+  meta: { description: "Run the lease daemon: host lease on shared storage, VM leases on request (unix socket)" },
+  args: {
+    "lease-file": { type: "string", required: true, valueHint: "FILE", description: "Lease file or device (formatted with fitha lease format)" },
+    "host-id": { type: "string", required: true, valueHint: "N", description: "This host's id in the lockspace" },
+    host: { type: "string", valueHint: "NAME", description: "This host's name (default: the system host name)" },
+    "id-allocation": {
+      type: "enum",
+      options: ["configured", "unique"],
+      description: "configured: a hand-given id, checked for collisions (2T wait); unique: allocated to this host alone (fast join)",
+    },
+    socket: { type: "string", valueHint: "PATH", description: `Unix socket to serve (default ${defaultSocketPath})` },
+    "state-dir": { type: "string", valueHint: "DIR", description: "Where lockd keeps its state across restarts (default /var/lib/fitha/lockd)" },
+    "io-timeout": { type: "string", valueHint: "SECONDS", description: "I/O timeout T; renewal every 2T, fail at 8T (default 10)" },
+    ...logArgs,
+  },
+  async run({ args }) {
+    const hostId = Number(args["host-id"]);
+    if (!Number.isSafeInteger(hostId) || hostId < 1) throw new UsageError(`lockd: --host-id must be a positive whole number, not "${args["host-id"]}"`);
+    const ioTimeoutMs = Math.round(Number(args["io-timeout"] ?? "10") * 1000);
+    if (!(ioTimeoutMs >= ioTimeoutRangeMs.min && ioTimeoutMs <= ioTimeoutRangeMs.max)) {
+      throw new UsageError(`lockd: --io-timeout must be ${ioTimeoutRangeMs.min / 1000} to ${ioTimeoutRangeMs.max / 1000} seconds, not "${args["io-timeout"]}"`);
+    }
+    const stateDir = args["state-dir"] ?? "/var/lib/fitha/lockd";
+    const socketPath = args.socket ?? defaultSocketPath;
+    let daemon: LockDaemon;
+    try {
+      daemon = await LockDaemon.start(
+        { leaseFile: args["lease-file"], hostId, hostName: args.host ?? hostname(), stateDir, ioTimeoutMs, idAllocation: args["id-allocation"] === "unique" ? "unique" : "configured" },
+        { clock: boottimeClock, openDevice: (path) => DirectDevice.open(path), bootId: await bootId(), pid: process.pid, lockdAlive, installId: await installId(stateDir) },
+      );
+    } catch (error) {
+      if (error instanceof HostIdInUseError || error instanceof NotFormattedError || error instanceof CorruptionError || error instanceof IoError || error instanceof RangeError) {
+        throw new FithaError(`lockd: ${error.message}`);
+      }
+      throw error;
+    }
+    const server = await serveSocket(socketPath, (request) => daemon.handle(request));
+    log.info("lockd ready", { socket: socketPath, host_id: daemon.lease.hostId, generation: daemon.lease.generation, started_by: daemon.startedBy });
+    const signal = await new Promise<string>((resolve) => {
+      process.once("SIGTERM", () => resolve("SIGTERM"));
+      process.once("SIGINT", () => resolve("SIGINT"));
+    });
+    // VM leases stay held and the state stays on disk: a lockd restarted within the renewal
+    // window resumes them, and the VMs keep running.
+    log.info("stopping; held VM leases stay held for the next lockd to resume", { signal });
+    await server.close();
+    await daemon.stop();
+    return ExitCode.ok;
+  },
+});
