@@ -12,6 +12,7 @@ import { DirectDevice } from "../../src/lease/direct-device.ts";
 import { IoError, type IoOp } from "../../src/lease/sector-device.ts";
 import { attachLoop, createBlkioCgroup, isLoopAttached, mountNewExt4, removeLeftovers } from "../helpers/block-device.ts";
 import { tempDir } from "../helpers/tmp.ts";
+import { readJsonLines } from "../helpers/json-lines.ts";
 
 const directDeviceModule = join(import.meta.dir, "../../src/lease/direct-device.ts");
 const timeoutMs = 2_000;
@@ -364,15 +365,7 @@ class HangChild implements AsyncDisposable {
   readonly #reading: Promise<void>;
 
   private constructor(readonly child: Bun.Subprocess<"pipe", "pipe", "inherit">) {
-    this.#reading = (async () => {
-      let buffered = "";
-      for await (const chunk of child.stdout) {
-        buffered += new TextDecoder().decode(chunk);
-        const lines = buffered.split("\n");
-        buffered = lines.pop()!;
-        for (const line of lines) if (line !== "") this.#events.push(JSON.parse(line) as Record<string, unknown>);
-      }
-    })();
+    this.#reading = readJsonLines<Record<string, unknown>>(child.stdout, (event) => this.#events.push(event));
   }
 
   static async start(dir: string, devicePath: string): Promise<HangChild> {

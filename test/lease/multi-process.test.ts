@@ -7,6 +7,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { readFile } from "node:fs/promises";
 import { runFitha } from "../helpers/fitha.ts";
+import { readJsonLines } from "../helpers/json-lines.ts";
 import { machineClockNs } from "../helpers/machine-clock.ts";
 import { tempDir, type TempDir } from "../helpers/tmp.ts";
 
@@ -40,15 +41,7 @@ class Racer {
     });
     this.#child = child;
     running.add(this);
-    this.#reading = (async () => {
-      let buffered = "";
-      for await (const chunk of child.stdout) {
-        buffered += new TextDecoder().decode(chunk);
-        const lines = buffered.split("\n");
-        buffered = lines.pop()!;
-        for (const line of lines) if (line !== "") this.events.push(JSON.parse(line) as RacerEvent);
-      }
-    })();
+    this.#reading = readJsonLines<RacerEvent>(child.stdout, (event) => this.events.push(event));
   }
 
   get pid(): number {
