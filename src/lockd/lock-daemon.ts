@@ -14,7 +14,7 @@ import { CorruptionError } from "../lease/records.ts";
 import { IoError, type SectorDevice } from "../lease/sector-device.ts";
 import { logger } from "../log.ts";
 import type { Reply, Request } from "./protocol.ts";
-import { readState, StateFileError, writeState, type HeldLease, type LockdState } from "./state-file.ts";
+import { StateFileError, type HeldLease, type LockdState, type StateStore } from "./state-file.ts";
 
 const log = logger("lockd");
 
@@ -22,7 +22,6 @@ export interface LockdOptions {
   readonly leaseFile: string;
   readonly hostId: number;
   readonly hostName: string;
-  readonly stateDir: string;
   readonly ioTimeoutMs: number;
   readonly idAllocation: JoinOptions["idAllocation"];
 }
@@ -35,6 +34,20 @@ export interface LockdEnvironment {
   readonly pid: number;
   readonly lockdAlive: (pid: number) => Promise<boolean>;
   readonly installId: string;
+  /** Where the state for a restarted lockd goes (the state dir in production, memory in tests). */
+  readonly store: StateStore;
+  /**
+   * Stops the VMs under `leases` (destroys them through the hypervisor) and resolves when they
+   * are gone. Called when the host lease could not be renewed in time: the VMs must be dead by
+   * renewal-fail, so it is called one I/O timeout before, and must finish within that.
+   */
+  readonly fence: (leases: readonly HeldLease[], reason: string) => Promise<void>;
+}
+
+export interface FenceRecord {
+  readonly atMs: number;
+  readonly reason: string;
+  readonly vms: readonly string[];
 }
 
 /** Lease requests waiting or running at once; more are refused rather than queued without bound. */
@@ -47,8 +60,10 @@ export class LockDaemon {
   #inFlight = 0;
   #persisting: Promise<void> = Promise.resolve();
   #stopped = false;
-  #wake: (() => void) | undefined;
+  readonly #sleepers = new Set<() => void>();
   readonly #renewals: Promise<void>;
+  readonly #fenceWatch: Promise<void>;
+  #fenced: FenceRecord | undefined;
   /** How this incarnation began: "joined" or "resumed". */
   readonly startedBy: "joined" | "resumed";
 
@@ -63,6 +78,7 @@ export class LockDaemon {
     for (const entry of held) this.#leases.set(entry.slot, entry);
     this.startedBy = startedBy;
     this.#renewals = this.#renewLoop();
+    this.#fenceWatch = this.#watchForFencing();
   }
 
   static async start(options: LockdOptions, env: LockdEnvironment): Promise<LockDaemon> {
@@ -138,6 +154,7 @@ export class LockDaemon {
       started_by: this.startedBy,
       phase: this.lease.phase(),
       lost_reason: this.lease.lostReason ?? null,
+      fenced: this.#fenced === undefined ? null : { age_ms: Math.round(this.env.clock.nowMs() - this.#fenced.atMs), reason: this.#fenced.reason, vms: this.#fenced.vms },
       last_renewal_age_ms: Math.round(this.env.clock.nowMs() - this.lease.lastRenewalStartMs),
       timeline: { io_timeout_ms: t.ioTimeoutMs, renewal_interval_ms: t.renewalIntervalMs, renewal_warn_ms: t.renewalWarnMs, renewal_fail_ms: t.renewalFailMs, host_dead_ms: t.hostDeadMs },
       leases: [...this.#leases.values()].sort((a, b) => a.slot - b.slot).map((l) => ({ slot: l.slot, vm: l.resource, lver: l.lver })),
@@ -149,8 +166,8 @@ export class LockDaemon {
   async stop(): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
-    this.#wake?.();
-    await this.#renewals;
+    for (const wake of this.#sleepers) wake();
+    await Promise.all([this.#renewals, this.#fenceWatch]);
     await Promise.all(this.#slotQueues.values());
     await Promise.all([this.lease.device.close(), this.leaseDevice.close()]);
   }
@@ -227,15 +244,52 @@ export class LockDaemon {
     }
   }
 
-  /** A sleep that stop() cuts short. */
+  /**
+   * Independent of the renewal loop, whose attempt may be stuck in I/O: at renewal-fail minus one
+   * I/O timeout without a successful renewal, the VMs under our leases are stopped, so that they
+   * are dead by renewal-fail — long before any other host may take their leases (host-dead).
+   */
+  async #watchForFencing(): Promise<void> {
+    const t = this.lease.timeline;
+    while (!this.#stopped && this.#fenced === undefined) {
+      const renewalStartMs = this.lease.lastRenewalStartMs;
+      await this.#sleep(renewalStartMs + t.renewalFailMs - t.ioTimeoutMs - this.env.clock.nowMs());
+      if (this.#stopped) return;
+      if (this.lease.lastRenewalStartMs !== renewalStartMs && this.lease.phase() !== "failed") continue;
+      await this.#fence(`no successful renewal for ${Math.round(this.env.clock.nowMs() - renewalStartMs)} ms (fail at ${t.renewalFailMs} ms)`);
+    }
+  }
+
+  async #fence(reason: string): Promise<void> {
+    const leases = [...this.#leases.values()];
+    this.#fenced = { atMs: this.env.clock.nowMs(), reason, vms: leases.map((l) => l.resource) };
+    log.error("fencing: stopping the VMs under our leases", { reason, vms: this.#fenced.vms });
+    try {
+      await this.env.fence(leases, reason);
+    } catch (error) {
+      // The watchdog path (DESIGN §4) must now kill them before host-dead; say so loudly.
+      log.error("fencing failed: VMs may still run; the watchdog must stop them", { error });
+    }
+    this.#leases.clear();
+    await this.#persist().catch((error: unknown) => log.error("could not persist lockd state", { error }));
+  }
+
+  /** A sleep that stop() cuts short. Each sleeper is forgotten when it wakes: nothing accumulates over a daemon's life. */
   async #sleep(ms: number): Promise<void> {
-    if (ms <= 0) return;
-    await Promise.race([this.env.clock.sleep(ms), new Promise<void>((resolve) => (this.#wake = resolve))]);
+    if (ms <= 0 || this.#stopped) return;
+    let wake!: () => void;
+    const stopped = new Promise<void>((resolve) => (wake = resolve));
+    this.#sleepers.add(wake);
+    try {
+      await Promise.race([this.env.clock.sleep(ms), stopped]);
+    } finally {
+      this.#sleepers.delete(wake);
+    }
   }
 
   /** Persists the current state; writes are serialised, each one taking the state as it is when it runs. */
   #persist(): Promise<void> {
-    const write = this.#persisting.then(() => writeState(this.options.stateDir, this.#state()));
+    const write = this.#persisting.then(() => this.env.store.write(this.#state()));
     this.#persisting = write.catch(() => {});
     return write;
   }
@@ -257,7 +311,7 @@ export class LockDaemon {
 async function readPrevious(options: LockdOptions, env: LockdEnvironment): Promise<LockdState | undefined> {
   let state: LockdState | undefined;
   try {
-    state = await readState(options.stateDir);
+    state = await env.store.read();
   } catch (error) {
     if (!(error instanceof StateFileError)) throw error;
     log.error("ignoring unreadable lockd state: starting as a new incarnation", { reason: error.message });
@@ -265,7 +319,7 @@ async function readPrevious(options: LockdOptions, env: LockdEnvironment): Promi
   }
   if (state === undefined) return undefined;
   if (state.pid !== env.pid && (await env.lockdAlive(state.pid))) {
-    throw new HostIdInUseError(state.incarnation.hostId, `the lockd running as pid ${state.pid} (same state dir ${options.stateDir})`);
+    throw new HostIdInUseError(state.incarnation.hostId, `the lockd running as pid ${state.pid} (same state: ${env.store.name})`);
   }
   const reasons = [
     state.bootId !== env.bootId && "the machine rebooted",

@@ -38,6 +38,18 @@ export class StateFileError extends Error {
   }
 }
 
+/** Where a lockd's state lives: a file in production, memory in tests and the simulator. */
+export interface StateStore {
+  /** For messages: the file, or "memory". */
+  readonly name: string;
+  read(): Promise<LockdState | undefined>;
+  write(state: LockdState): Promise<void>;
+}
+
+export function fileStateStore(stateDir: string): StateStore {
+  return { name: stateFile(stateDir), read: () => readState(stateDir), write: (state) => writeState(stateDir, state) };
+}
+
 export function stateFile(stateDir: string): string {
   return join(stateDir, "state.json");
 }

@@ -120,7 +120,7 @@ describe("fitha lockd", () => {
     await startLockd(a);
     const second = await runFitha([...a.args.slice(0, -2), "--socket", join(dir.path, "other.sock")], { timeoutMs: 20_000 });
     expect(second.exitCode).toBe(1);
-    expect(second.stderr).toMatch(/^fitha: lockd: host id 1 is in use by the lockd running as pid \d+ \(same state dir /);
+    expect(second.stderr).toMatch(/^fitha: lockd: host id 1 is in use by the lockd running as pid \d+ \(same state: .*state\.json\)/);
   }, 60_000);
 
   test("malformed, oversized and half-sent requests get an error or are dropped; lockd keeps serving", async () => {

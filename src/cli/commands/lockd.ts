@@ -10,6 +10,7 @@ import { ioTimeoutRangeMs } from "../../lease/timeline.ts";
 import { defaultSocketPath } from "../../lockd/client.ts";
 import { bootId, boottimeClock, installId, lockdAlive } from "../../lockd/host-identity.ts";
 import { LockDaemon } from "../../lockd/lock-daemon.ts";
+import { fileStateStore } from "../../lockd/state-file.ts";
 import { serveSocket } from "../../lockd/socket-server.ts";
 import { logger } from "../../log.ts";
 import { logArgs } from "../args.ts";
@@ -44,8 +45,20 @@ export const lockdCommand = defineCommand({
     let daemon: LockDaemon;
     try {
       daemon = await LockDaemon.start(
-        { leaseFile: args["lease-file"], hostId, hostName: args.host ?? hostname(), stateDir, ioTimeoutMs, idAllocation: args["id-allocation"] === "unique" ? "unique" : "configured" },
-        { clock: boottimeClock, openDevice: (path) => DirectDevice.open(path), bootId: await bootId(), pid: process.pid, lockdAlive, installId: await installId(stateDir) },
+        { leaseFile: args["lease-file"], hostId, hostName: args.host ?? hostname(), ioTimeoutMs, idAllocation: args["id-allocation"] === "unique" ? "unique" : "configured" },
+        {
+          clock: boottimeClock,
+          openDevice: (path) => DirectDevice.open(path),
+          bootId: await bootId(),
+          pid: process.pid,
+          lockdAlive,
+          installId: await installId(stateDir),
+          store: fileStateStore(stateDir),
+          // Until lockd has its hypervisor connection, a failing host lease is reported, not fenced.
+          fence: async (leases) => {
+            throw new Error(`lockd has no hypervisor connection yet: ${leases.length} VM(s) under lost leases were not stopped`);
+          },
+        },
       );
     } catch (error) {
       if (error instanceof HostIdInUseError || error instanceof NotFormattedError || error instanceof CorruptionError || error instanceof IoError || error instanceof RangeError) {
