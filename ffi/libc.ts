@@ -9,6 +9,7 @@
  */
 import { dlopen, read, toArrayBuffer, type Library, type Pointer } from "bun:ffi";
 import { constants } from "node:os";
+import { systemLibraryPath } from "./system-library.ts";
 
 /*
  * Constants of Linux x86_64, from the kernel's uapi headers as Debian ships them:
@@ -56,7 +57,7 @@ let library: Library<typeof symbols> | undefined;
 
 /** dlopen on first use, not at import: commands that never do O_DIRECT I/O never load it. */
 function libc() {
-  library ??= dlopen("libc.so.6", symbols);
+  library ??= dlopen(systemLibraryPath("libc.so.6", "libc6"), symbols);
   return library.symbols;
 }
 

@@ -1,10 +1,12 @@
 # Sourced by scripts/test and scripts/demo: installs what fitha's build, tests and demo need on a
 # Debian 12 machine, and does nothing (fast) when everything is already there.
 #   Debian packages: etcd-server (real etcd for tests and the demo), util-linux (setpriv),
-#                    mount + e2fsprogs (loop devices and scratch ext4 for storage-fault tests).
+#                    mount + e2fsprogs (loop devices and scratch ext4 for storage-fault tests),
+#                    libvirt0 (libvirt.so.0, opened through bun:ffi) and libvirt-daemon (a private
+#                    libvirtd serving libvirt's test driver to several test processes).
 #   npm packages:    node_modules from package-lock.json (bun, typescript, etcd3, citty, consola).
 
-fitha_apt_packages=(etcd-server util-linux mount e2fsprogs)
+fitha_apt_packages=(etcd-server util-linux mount e2fsprogs libvirt0 libvirt-daemon)
 
 fitha_log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
 
