@@ -43,7 +43,11 @@ export class HostIdInUseError extends Error {
   }
 }
 
-export type Phase = "ok" | "warn" | "failed";
+/**
+ * ok: renewed within warn; warn: late, VM leases still valid; grace: past renewal-fail, but kept
+ * valid by a no-fence grant (see grantGrace); failed: lost for good.
+ */
+export type Phase = "ok" | "warn" | "grace" | "failed";
 
 /**
  * What lockd persists after every renewal so that a restarted lockd can carry on as the same
@@ -72,8 +76,12 @@ export type RenewOutcome =
   | { readonly ok: true; readonly latencyMs: number }
   | { readonly ok: false; readonly reason: string; /** the host id was overwritten by another host: the lease is lost */ readonly collision: boolean };
 
-/** In-doubt writes remembered at most; more than this many failures in a row end the lease. */
-const maxInDoubtWrites = 16;
+/**
+ * In-doubt writes remembered at most; more than this many failures in a row end the lease. It
+ * also bounds a no-fence grace: at one attempt per 1.5T at worst, 64 attempts are 96T (16 min at
+ * T = 10 s) of storage outage with the VMs kept running.
+ */
+const maxInDoubtWrites = 64;
 
 export class DeltaLease {
   readonly timeline: Timeline;
@@ -83,6 +91,8 @@ export class DeltaLease {
   #ours: DeltaRecord[];
   #lost: string | undefined;
   #released = false;
+  /** While past renewal-fail, the lease stays valid until then (a no-fence grant); see grantGrace. */
+  #graceUntilMs: number | undefined;
 
   private constructor(
     readonly lockspace: Lockspace,
@@ -230,14 +240,48 @@ export class DeltaLease {
     };
   }
 
-  /** Where this host stands: VM leases are usable only in "ok" and "warn"; "failed" is final. */
+  /**
+   * Where this host stands: VM leases can be taken only in "ok", kept in "ok", "warn" and
+   * "grace"; "failed" is final.
+   */
   phase(nowMs = this.clock.nowMs()): Phase {
     const ageMs = nowMs - this.#lastRenewalStartMs;
-    // Sticky: past fail the VM leases may be taken by others after host-dead, so nothing that
-    // happens later (a slow renewal completing) may make them ours again.
-    if (ageMs >= this.timeline.renewalFailMs) this.#lost ??= `no successful renewal for ${Math.round(ageMs)} ms (fail at ${this.timeline.renewalFailMs} ms)`;
+    const inGrace = this.#graceUntilMs !== undefined && nowMs < this.#graceUntilMs;
+    // Sticky: past fail (and past any grace) the VM leases may be taken by others after
+    // host-dead, so nothing that happens later (a slow renewal completing) may make them ours again.
+    if (ageMs >= this.timeline.renewalFailMs && !inGrace) {
+      this.#lost ??= `no successful renewal for ${Math.round(ageMs)} ms (fail at ${this.timeline.renewalFailMs} ms${this.#graceUntilMs === undefined ? "" : ", no-fence grace over"})`;
+    }
     if (this.#lost !== undefined) return "failed";
+    if (ageMs >= this.timeline.renewalFailMs) return "grace";
     return ageMs >= this.timeline.renewalWarnMs ? "warn" : "ok";
+  }
+
+  /** Until when a no-fence grant keeps the lease valid past renewal-fail, if one does. */
+  get graceUntilMs(): number | undefined {
+    return this.#graceUntilMs;
+  }
+
+  /**
+   * A no-fence grant: keeps the lease valid until `evidenceAtMs` + renewal-fail even without a
+   * renewal, exactly as if a renewal had started at `evidenceAtMs`. The caller vouches that at
+   * `evidenceAtMs` no other host could read the lockspace (a global storage fault): every other
+   * host's liveness timers then restart at its first good read, after `evidenceAtMs` (host-view.ts),
+   * so none can call this host dead before `evidenceAtMs` + 8T + K — the same margin K a real
+   * renewal at that moment leaves. Returns the new validity end; refused once the lease is lost.
+   */
+  grantGrace(evidenceAtMs: number): number {
+    const nowMs = this.clock.nowMs();
+    if (this.phase(nowMs) === "failed") throw new Error(`cannot extend a lost host lease: ${this.#lost}`);
+    if (!(evidenceAtMs <= nowMs)) throw new RangeError(`no-fence evidence from the future: ${evidenceAtMs} > now ${nowMs}`);
+    const untilMs = evidenceAtMs + this.timeline.renewalFailMs;
+    this.#graceUntilMs = Math.max(this.#graceUntilMs ?? untilMs, untilMs);
+    return this.#graceUntilMs;
+  }
+
+  /** When the lease stops being valid unless renewed (or granted grace) before: its fail point. */
+  validUntilMs(): number {
+    return Math.max(this.#lastRenewalStartMs + this.timeline.renewalFailMs, this.#graceUntilMs ?? 0);
   }
 
   /**
@@ -277,6 +321,8 @@ export class DeltaLease {
     if (this.phase(endMs) === "failed") return { ok: false, reason: this.#lost!, collision: false };
     this.#ours = [next];
     this.#lastRenewalStartMs = startMs;
+    // A real renewal supersedes any grant: the next failure starts a new timeline (and question).
+    this.#graceUntilMs = undefined;
     return { ok: true, latencyMs: endMs - startMs };
   }
 

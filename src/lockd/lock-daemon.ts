@@ -1,11 +1,22 @@
 /**
  * The lease daemon's core: joins (or resumes) the host lease, renews it on time, persists what a
- * restarted lockd needs to carry on, and serves lease requests one slot at a time. Sockets,
- * signals and the process live in the CLI command; time and storage come in through the Clock
- * and SectorDevice interfaces.
+ * restarted lockd needs to carry on, serves lease requests one slot at a time, and — when the
+ * host lease cannot be renewed — asks its subscriber (the agent) whether to fence, and fences:
+ * stops the VMs under its leases through the hypervisor. Sockets, signals and the process live in
+ * the CLI command; time, storage and the hypervisor come in through interfaces.
  *
  * Renewals and VM lease operations use separate devices (separate I/O workers): a slow ballot
  * never delays a renewal.
+ *
+ * Ask & wait (the timeline and the safety argument are in src/lockd/README.md): with validUntil
+ * the host lease's fail point (last renewal start + 8T, or the end of a no-fence grace):
+ *   validUntil − 4T  ask the subscribers: fence or no-fence? (at renewal-warn for a plain failure)
+ *   answer fence     stop the VMs at once and release their leases
+ *   answer no-fence  grace: valid until the question's time + 8T (DeltaLease.grantGrace); the
+ *                    next question comes 4T after this one, so a grace lasts only while answered
+ *   validUntil − T   no answer (or no renewal): stop the VMs, so they are dead by validUntil
+ * When a renewal succeeds again after any of this, every held lease is re-validated on disk and
+ * the VMs whose lease another host took meanwhile are stopped at once.
  */
 import type { Clock } from "../core/clock.ts";
 import { DeltaLease, HostIdInUseError, ResumeRefusedError, type JoinOptions } from "../lease/delta-lease.ts";
@@ -13,8 +24,10 @@ import { acquireLease, inquireLease, NotOwnerError, releaseLease, SlotInUseError
 import { CorruptionError } from "../lease/records.ts";
 import { IoError, type SectorDevice } from "../lease/sector-device.ts";
 import { logger } from "../log.ts";
-import type { Reply, Request } from "./protocol.ts";
-import { StateFileError, type HeldLease, type LockdState, type StateStore } from "./state-file.ts";
+import type { Hypervisor } from "../virt/hypervisor.ts";
+import type { Answer, LockdEvent, Reply, Request } from "./protocol.ts";
+import { StateFileError, stateFormatVersion, type HeldLease, type LockdState, type StateStore } from "./state-file.ts";
+import { stopVms } from "./vm-fencing.ts";
 
 const log = logger("lockd");
 
@@ -37,21 +50,37 @@ export interface LockdEnvironment {
   /** Where the state for a restarted lockd goes (the state dir in production, memory in tests). */
   readonly store: StateStore;
   /**
-   * Stops the VMs under `leases` (destroys them through the hypervisor) and resolves when they
-   * are gone. Called when the host lease could not be renewed in time: the VMs must be dead by
-   * renewal-fail, so it is called one I/O timeout before, and must finish within that.
+   * Where the VMs under the leases run: fencing destroys them there. Its calls must not block
+   * this thread (WorkerHypervisor in production) and must each be bounded well within T.
    */
-  readonly fence: (leases: readonly HeldLease[], reason: string) => Promise<void>;
+  readonly hypervisor: Hypervisor;
 }
 
 export interface FenceRecord {
   readonly atMs: number;
   readonly reason: string;
   readonly vms: readonly string[];
+  /** VMs the hypervisor still showed running after every attempt (their leases stay recorded). */
+  readonly failed: readonly string[];
 }
+
+/** A fencing question to the subscribers, for one validity end of the host lease. */
+interface Question {
+  readonly id: number;
+  readonly askedAtMs: number;
+  /** The fail point it is about; a renewal or a grant moves it, which makes the question moot. */
+  readonly validUntilMs: number;
+  readonly fenceAtMs: number;
+  answer: Answer | undefined;
+}
+
+/** Where events go: one function per subscribed connection. */
+export type Subscriber = (event: LockdEvent) => void;
 
 /** Lease requests waiting or running at once; more are refused rather than queued without bound. */
 const maxInFlightRequests = 256;
+/** Subscribed connections at once (the agent, an operator watching); more are refused. */
+const maxSubscribers = 8;
 
 export class LockDaemon {
   readonly #leases = new Map<number, HeldLease>();
@@ -62,8 +91,15 @@ export class LockDaemon {
   #stopped = false;
   readonly #sleepers = new Set<() => void>();
   readonly #renewals: Promise<void>;
-  readonly #fenceWatch: Promise<void>;
+  readonly #supervision: Promise<void>;
   #fenced: FenceRecord | undefined;
+  #question: Question | undefined;
+  #lastQuestionId = 0;
+  readonly #subscribers = new Set<Subscriber>();
+  /** Wakes the supervisor early (an answer came, a renewal succeeded). */
+  #nudgeSupervisor: (() => void) | undefined;
+  /** Set when the held leases must be checked on disk at the next chance (after a resume, after storage came back). */
+  #revalidationDue: string | undefined;
   /** How this incarnation began: "joined" or "resumed". */
   readonly startedBy: "joined" | "resumed";
 
@@ -77,8 +113,9 @@ export class LockDaemon {
   ) {
     for (const entry of held) this.#leases.set(entry.slot, entry);
     this.startedBy = startedBy;
+    if (startedBy === "resumed" && held.length > 0) this.#revalidationDue = "resumed after a restart";
     this.#renewals = this.#renewLoop();
-    this.#fenceWatch = this.#watchForFencing();
+    this.#supervision = this.#supervise();
   }
 
   static async start(options: LockdOptions, env: LockdEnvironment): Promise<LockDaemon> {
@@ -90,18 +127,21 @@ export class LockDaemon {
       let lease: DeltaLease | undefined;
       let held: readonly HeldLease[] = [];
       let startedBy: "joined" | "resumed" = "joined";
-      if (previous !== undefined) {
+      /** The previous incarnation's leases when it cannot be resumed: its VMs run unprotected. */
+      let orphaned: readonly HeldLease[] = [];
+      if (previous !== undefined && !previous.resumable) orphaned = previous.state.leases;
+      if (previous?.resumable === true) {
         try {
-          lease = await DeltaLease.resume(renewalDevice, env.clock, previous.incarnation);
-          if (lease.lockspace.header.lockspaceId !== previous.lockspaceId) throw new ResumeRefusedError("the lease file holds another lockspace now");
-          held = previous.leases;
+          lease = await DeltaLease.resume(renewalDevice, env.clock, previous.state.incarnation);
+          if (lease.lockspace.header.lockspaceId !== previous.state.lockspaceId) throw new ResumeRefusedError("the lease file holds another lockspace now");
+          held = previous.state.leases;
           startedBy = "resumed";
           log.info("resumed the host lease of the previous lockd: its VM leases are still ours", { host_id: lease.hostId, generation: lease.generation, leases: held.length });
         } catch (error) {
           if (!(error instanceof ResumeRefusedError)) throw error;
           lease = undefined;
-          // Those leases may be another host's by now; what runs under them must not go on.
-          log.error("could not resume the previous host lease; its VM leases are lost", { reason: error.message, lost_leases: previous.leases.map((l) => l.resource) });
+          orphaned = previous.state.leases;
+          log.error("could not resume the previous host lease; its VM leases are lost", { reason: error.message, lost_leases: orphaned.map((l) => l.resource) });
         }
       }
       lease ??= await DeltaLease.join(renewalDevice, env.clock, {
@@ -111,6 +151,12 @@ export class LockDaemon {
         ioTimeoutMs: options.ioTimeoutMs,
         idAllocation: options.idAllocation,
       });
+      // Those leases may be another host's by now (or soon): what runs under them must not go on.
+      // Stopped before this lockd serves anything, so no new lease is granted while they run.
+      if (orphaned.length > 0) {
+        const outcome = await stopVms(env.hypervisor, orphaned.map((l) => l.resource), env.clock, options.ioTimeoutMs / 4);
+        log.error("stopped the VMs of the previous incarnation's lost leases", { stopped: outcome.stopped, failed: outcome.failed });
+      }
       const daemon = new LockDaemon(options, env, lease, leaseDevice, held, startedBy);
       if (daemon.startedBy === "joined") log.info("joined the lockspace", { host_id: lease.hostId, generation: lease.generation, lockspace: lease.lockspace.header.name });
       await daemon.#persist();
@@ -121,9 +167,14 @@ export class LockDaemon {
     }
   }
 
-  /** Answers one request; never throws (an unexpected error is an "internal" reply, and logged). */
-  async handle(request: Request): Promise<Reply> {
+  /**
+   * Answers one request; never throws (an unexpected error is an "internal" reply, and logged).
+   * `subscriber` receives the events of a "subscribe" request on this connection.
+   */
+  async handle(request: Request, subscriber?: Subscriber): Promise<Reply> {
     if (request.op === "status") return { id: request.id, ok: true, status: this.status() };
+    if (request.op === "subscribe") return this.#subscribe(request.id, subscriber);
+    if (request.op === "answer") return this.#answer(request.id, request.question, request.answer);
     if (this.#inFlight >= maxInFlightRequests) return { id: request.id, ok: false, error: "io", message: `busy: ${maxInFlightRequests} requests already in progress` };
     this.#inFlight++;
     const previous = this.#slotQueues.get(request.slot) ?? Promise.resolve();
@@ -140,13 +191,19 @@ export class LockDaemon {
 
   /**
    * JSON shape of `fitha lease status --json` (stable):
-   * { "host_id", "host_name", "generation", "started_by": "joined"|"resumed", "phase": "ok"|"warn"|"failed",
-   *   "lost_reason": string|null, "last_renewal_age_ms", "timeline": { "io_timeout_ms", "renewal_interval_ms",
-   *   "renewal_warn_ms", "renewal_fail_ms", "host_dead_ms" }, "leases": [ { "slot", "vm", "lver" } ],
-   *   "hosts": [ { "host_id", "host_name", "generation", "state", "silent_ms" } ] }
+   * { "host_id", "host_name", "generation", "started_by": "joined"|"resumed", "phase": "ok"|"warn"|"grace"|"failed",
+   *   "lost_reason": string|null, "last_renewal_age_ms", "valid_for_ms" (until the fail point, negative past it),
+   *   "grace_for_ms": number|null (what is left of a no-fence grace),
+   *   "question": { "id", "age_ms", "answer_within_ms", "answer": "fence"|"no-fence"|null } | null,
+   *   "subscribers", "fenced": { "age_ms", "reason", "vms", "failed" } | null,
+   *   "timeline": { "io_timeout_ms", "renewal_interval_ms", "renewal_warn_ms", "renewal_fail_ms", "host_dead_ms" },
+   *   "leases": [ { "slot", "vm", "lver" } ], "hosts": [ { "host_id", "host_name", "generation", "state", "silent_ms" } ] }
    */
   status(): Record<string, unknown> {
     const t = this.lease.timeline;
+    const nowMs = this.env.clock.nowMs();
+    const question = this.#question;
+    const graceUntilMs = this.lease.graceUntilMs;
     return {
       host_id: this.lease.hostId,
       host_name: this.options.hostName,
@@ -154,8 +211,12 @@ export class LockDaemon {
       started_by: this.startedBy,
       phase: this.lease.phase(),
       lost_reason: this.lease.lostReason ?? null,
-      fenced: this.#fenced === undefined ? null : { age_ms: Math.round(this.env.clock.nowMs() - this.#fenced.atMs), reason: this.#fenced.reason, vms: this.#fenced.vms },
-      last_renewal_age_ms: Math.round(this.env.clock.nowMs() - this.lease.lastRenewalStartMs),
+      fenced: this.#fenced === undefined ? null : { age_ms: Math.round(nowMs - this.#fenced.atMs), reason: this.#fenced.reason, vms: this.#fenced.vms, failed: this.#fenced.failed },
+      last_renewal_age_ms: Math.round(nowMs - this.lease.lastRenewalStartMs),
+      valid_for_ms: Math.round(this.lease.validUntilMs() - nowMs),
+      grace_for_ms: graceUntilMs === undefined || graceUntilMs <= nowMs ? null : Math.round(graceUntilMs - nowMs),
+      question: question === undefined ? null : { id: question.id, age_ms: Math.round(nowMs - question.askedAtMs), answer_within_ms: Math.round(question.fenceAtMs - nowMs), answer: question.answer ?? null },
+      subscribers: this.#subscribers.size,
       timeline: { io_timeout_ms: t.ioTimeoutMs, renewal_interval_ms: t.renewalIntervalMs, renewal_warn_ms: t.renewalWarnMs, renewal_fail_ms: t.renewalFailMs, host_dead_ms: t.hostDeadMs },
       leases: [...this.#leases.values()].sort((a, b) => a.slot - b.slot).map((l) => ({ slot: l.slot, vm: l.resource, lver: l.lver })),
       hosts: this.lease.view.summary().map((h) => ({ host_id: h.hostId, host_name: h.hostName ?? null, generation: h.generation ?? null, state: h.state, silent_ms: h.silentMs === undefined ? null : Math.round(h.silentMs) })),
@@ -167,12 +228,12 @@ export class LockDaemon {
     if (this.#stopped) return;
     this.#stopped = true;
     for (const wake of this.#sleepers) wake();
-    await Promise.all([this.#renewals, this.#fenceWatch]);
+    await Promise.all([this.#renewals, this.#supervision]);
     await Promise.all(this.#slotQueues.values());
     await Promise.all([this.lease.device.close(), this.leaseDevice.close()]);
   }
 
-  async #serve(request: Exclude<Request, { op: "status" }>): Promise<Reply> {
+  async #serve(request: Extract<Request, { slot: number }>): Promise<Reply> {
     const { id } = request;
     try {
       switch (request.op) {
@@ -230,14 +291,21 @@ export class LockDaemon {
       const outcome = await this.lease.renew();
       if (outcome.ok) {
         log.debug("renewed the host lease", { latency_ms: Math.round(outcome.latencyMs * 10) / 10 });
+        if (this.#revalidationDue !== undefined) log.info("host lease renewed again", { after: this.#revalidationDue });
         await this.#persist().catch((error: unknown) => log.error("could not persist lockd state", { error }));
+        this.#nudgeSupervisor?.();
+        if (this.#revalidationDue !== undefined) await this.#revalidate();
         continue;
       }
       const phase = this.lease.phase();
       if (phase === "failed") {
         log.error("host lease lost: VM leases are no longer valid", { reason: this.lease.lostReason ?? outcome.reason });
+        this.#nudgeSupervisor?.();
         return;
       }
+      // Another host cannot take our leases during an outage (that is what the timeline
+      // guarantees), but an outage is when the unexpected happens: look once storage is back.
+      this.#revalidationDue ??= "storage came back";
       log.warn("host lease renewal failed; retrying", { reason: outcome.reason, phase, age_ms: Math.round(this.env.clock.nowMs() - this.lease.lastRenewalStartMs) });
       // Each attempt is bounded by T; retry soon, but without spinning on an instant failure.
       await this.#sleep(Math.min(t.ioTimeoutMs / 2, 1_000));
@@ -245,43 +313,180 @@ export class LockDaemon {
   }
 
   /**
-   * Independent of the renewal loop, whose attempt may be stuck in I/O: at renewal-fail minus one
-   * I/O timeout without a successful renewal, the VMs under our leases are stopped, so that they
-   * are dead by renewal-fail — long before any other host may take their leases (host-dead).
+   * Ask & wait, independent of the renewal loop (whose attempt may be stuck in I/O): asks the
+   * subscribers at validUntil − 4T, applies their answer, and stops the VMs at validUntil − T
+   * without one, so that they are dead by validUntil — long before any other host may take their
+   * leases (validUntil + K at the earliest). Ends when the host lease is lost for good.
    */
-  async #watchForFencing(): Promise<void> {
+  async #supervise(): Promise<void> {
     const t = this.lease.timeline;
-    while (!this.#stopped && this.#fenced === undefined) {
-      const renewalStartMs = this.lease.lastRenewalStartMs;
-      await this.#sleep(renewalStartMs + t.renewalFailMs - t.ioTimeoutMs - this.env.clock.nowMs());
-      if (this.#stopped) return;
-      if (this.lease.lastRenewalStartMs !== renewalStartMs && this.lease.phase() !== "failed") continue;
-      await this.#fence(`no successful renewal for ${Math.round(this.env.clock.nowMs() - renewalStartMs)} ms (fail at ${t.renewalFailMs} ms)`);
+    while (!this.#stopped) {
+      const nowMs = this.env.clock.nowMs();
+      if (this.lease.phase(nowMs) === "failed") {
+        if (this.#leases.size > 0) await this.#fence(`host lease lost: ${this.lease.lostReason}`);
+        return;
+      }
+      const validUntilMs = this.lease.validUntilMs();
+      const askAtMs = validUntilMs - (t.renewalFailMs - t.renewalWarnMs);
+      const fenceAtMs = validUntilMs - t.ioTimeoutMs;
+      // A renewal or a grant moved the fail point: the question was about a deadline that is gone.
+      if (this.#question !== undefined && this.#question.validUntilMs !== validUntilMs) this.#question = undefined;
+      const question = this.#question;
+      if (this.#leases.size > 0) {
+        if (nowMs >= fenceAtMs) {
+          const late = `no successful renewal for ${Math.round(nowMs - this.lease.lastRenewalStartMs)} ms`;
+          await this.#fence(question === undefined ? late : `${late}, and no answer to question ${question.id}`);
+          continue;
+        }
+        if (question?.answer === "fence") {
+          await this.#fence(`answer to question ${question.id}: fence`);
+          continue;
+        }
+        if (question?.answer === "no-fence") {
+          const untilMs = this.lease.grantGrace(question.askedAtMs);
+          log.warn("no-fence: VMs kept running on a grace", { question: question.id, grace_ms: Math.round(untilMs - nowMs), vms: this.#leases.size });
+          await this.#persist().catch((error: unknown) => log.error("could not persist lockd state", { error }));
+          continue;
+        }
+        if (nowMs >= askAtMs && question === undefined) {
+          this.#ask(nowMs, validUntilMs, fenceAtMs);
+          continue;
+        }
+      }
+      // Nothing to do until the next deadline, an answer, or a renewal (which moves them).
+      const nextMs = nowMs < askAtMs ? askAtMs : nowMs < fenceAtMs ? fenceAtMs : validUntilMs;
+      await this.#sleep(Math.max(1, nextMs - nowMs), (wake) => (this.#nudgeSupervisor = wake));
+      this.#nudgeSupervisor = undefined;
     }
   }
 
+  #ask(nowMs: number, validUntilMs: number, fenceAtMs: number): void {
+    const question: Question = { id: ++this.#lastQuestionId, askedAtMs: nowMs, validUntilMs, fenceAtMs, answer: undefined };
+    this.#question = question;
+    // A renewal so late that it was asked about (it may still succeed, slowly): check the leases after it.
+    this.#revalidationDue ??= "storage came back";
+    const vms = [...this.#leases.values()].map((l) => l.resource);
+    const reason = `no successful renewal for ${Math.round(nowMs - this.lease.lastRenewalStartMs)} ms`;
+    log.warn("asking whether to fence", { question: question.id, reason, answer_within_ms: Math.round(fenceAtMs - nowMs), subscribers: this.#subscribers.size, vms: vms.length });
+    this.#publish({ event: "question", question: question.id, reason, vms, answer_within_ms: Math.round(fenceAtMs - nowMs), grace_ms: this.lease.timeline.renewalFailMs });
+  }
+
+  #answer(id: number, questionId: number, answer: Answer): Reply {
+    const question = this.#question;
+    if (question === undefined || question.id !== questionId) {
+      return { id, ok: false, error: "bad-request", message: `question ${questionId} is not open${question === undefined ? "" : ` (question ${question.id} is)`}` };
+    }
+    if (question.answer !== undefined && question.answer !== answer) {
+      return { id, ok: false, error: "bad-request", message: `question ${questionId} was already answered ${question.answer}` };
+    }
+    question.answer = answer;
+    log.warn("fencing question answered", { question: questionId, answer });
+    this.#nudgeSupervisor?.();
+    return { id, ok: true, question: questionId, answer };
+  }
+
+  #subscribe(id: number, subscriber: Subscriber | undefined): Reply {
+    if (subscriber === undefined) return { id, ok: false, error: "bad-request", message: "subscribe needs a connection to send events on" };
+    if (this.#subscribers.size >= maxSubscribers) return { id, ok: false, error: "io", message: `busy: ${maxSubscribers} subscribers already` };
+    this.#subscribers.add(subscriber);
+    const question = this.#question;
+    // A subscriber that (re)connects while a question is open must see it: it may be the only one.
+    if (question !== undefined && question.answer === undefined) {
+      queueMicrotask(() =>
+        subscriber({ event: "question", question: question.id, reason: "renewal is late", vms: [...this.#leases.values()].map((l) => l.resource), answer_within_ms: Math.round(question.fenceAtMs - this.env.clock.nowMs()), grace_ms: this.lease.timeline.renewalFailMs }),
+      );
+    }
+    return { id, ok: true, subscribed: true };
+  }
+
+  /** Forgets a subscriber (its connection closed). */
+  unsubscribe(subscriber: Subscriber): void {
+    this.#subscribers.delete(subscriber);
+  }
+
+  #publish(event: LockdEvent): void {
+    for (const subscriber of this.#subscribers) {
+      try {
+        subscriber(event);
+      } catch (error) {
+        log.warn("could not send an event to a subscriber", { error });
+      }
+    }
+  }
+
+  /**
+   * Stops the VMs under our leases, then releases the leases of the VMs that stopped (best effort:
+   * storage may be what failed; a lease of ours left on disk is free to others after host-dead).
+   * Leases whose VM would not stop stay recorded, for the watchdog.
+   */
   async #fence(reason: string): Promise<void> {
     const leases = [...this.#leases.values()];
-    this.#fenced = { atMs: this.env.clock.nowMs(), reason, vms: leases.map((l) => l.resource) };
-    log.error("fencing: stopping the VMs under our leases", { reason, vms: this.#fenced.vms });
-    try {
-      await this.env.fence(leases, reason);
-    } catch (error) {
-      // The watchdog path (DESIGN §4) must now kill them before host-dead; say so loudly.
-      log.error("fencing failed: VMs may still run; the watchdog must stop them", { error });
-    }
-    this.#leases.clear();
+    const vms = leases.map((l) => l.resource);
+    log.error("fencing: stopping the VMs under our leases", { reason, vms });
+    const outcome = await stopVms(this.env.hypervisor, vms, this.env.clock, this.lease.timeline.ioTimeoutMs / 4);
+    const failed = new Set(outcome.failed.map((f) => f.vm));
+    for (const lease of leases) if (!failed.has(lease.resource)) this.#leases.delete(lease.slot);
+    this.#fenced = { atMs: this.env.clock.nowMs(), reason, vms, failed: [...failed] };
     await this.#persist().catch((error: unknown) => log.error("could not persist lockd state", { error }));
+    this.#publish({ event: "fenced", reason, vms, failed: [...failed] });
+    if (this.lease.phase() !== "failed") {
+      for (const lease of leases.filter((l) => !failed.has(l.resource))) {
+        await releaseLease(this.lease, lease.slot, lease.resource, { device: this.leaseDevice, lver: lease.lver }).catch((error: unknown) =>
+          log.warn("could not release the lease of a fenced VM; it frees itself at host-dead", { vm: lease.resource, error }),
+        );
+      }
+    }
   }
 
-  /** A sleep that stop() cuts short. Each sleeper is forgotten when it wakes: nothing accumulates over a daemon's life. */
-  async #sleep(ms: number): Promise<void> {
+  /**
+   * Checks each held lease on disk: still ours (our host id, generation and version, held) →
+   * keep its VM running; anything else → stop the VM at once and forget the lease. A lease that
+   * cannot be read stays, and is checked again after the next renewal.
+   */
+  async #revalidate(): Promise<void> {
+    const why = this.#revalidationDue;
+    this.#revalidationDue = undefined;
+    const taken: Array<{ lease: HeldLease; holder: string }> = [];
+    let unreadable = 0;
+    for (const lease of [...this.#leases.values()]) {
+      let leader;
+      try {
+        leader = (await inquireLease(this.lease, lease.slot, { device: this.leaseDevice })).leader;
+      } catch (error) {
+        unreadable++;
+        log.warn("could not re-validate a lease; will retry", { vm: lease.resource, error });
+        continue;
+      }
+      const ours = leader !== undefined && leader.state === "held" && leader.resource === lease.resource && leader.ownerHostId === this.lease.hostId && leader.ownerGeneration === this.lease.generation && leader.lver === lease.lver;
+      if (!ours) {
+        const holder = leader === undefined ? "nobody (the slot is empty)" : `host id ${leader.ownerHostId} generation ${leader.ownerGeneration} (${leader.state} ${leader.resource}, version ${leader.lver})`;
+        taken.push({ lease, holder });
+      }
+    }
+    if (unreadable > 0) this.#revalidationDue = why;
+    log.info("re-validated the held leases", { why, held: this.#leases.size, taken: taken.length, unreadable });
+    if (taken.length === 0) return;
+    for (const { lease, holder } of taken) log.error("VM lease no longer ours: stopping its VM", { vm: lease.resource, slot: lease.slot, now_held_by: holder });
+    const outcome = await stopVms(this.env.hypervisor, taken.map((t) => t.lease.resource), this.env.clock, this.lease.timeline.ioTimeoutMs / 4);
+    const failed = new Set(outcome.failed.map((f) => f.vm));
+    // Forgotten even when its VM would not stop: the lease is someone else's, ours to release never.
+    for (const { lease } of taken) this.#leases.delete(lease.slot);
+    await this.#persist().catch((error: unknown) => log.error("could not persist lockd state", { error }));
+    this.#publish({ event: "leases-taken", vms: taken.map((t) => t.lease.resource), stopped: outcome.stopped, failed: [...failed] });
+  }
+
+  /**
+   * A sleep that stop() cuts short; `exposeWake` gets the function that ends it early. Each
+   * sleeper is forgotten when it wakes: nothing accumulates over a daemon's life.
+   */
+  async #sleep(ms: number, exposeWake?: (wake: () => void) => void): Promise<void> {
     if (ms <= 0 || this.#stopped) return;
     let wake!: () => void;
-    const stopped = new Promise<void>((resolve) => (wake = resolve));
+    const woken = new Promise<void>((resolve) => (wake = resolve));
     this.#sleepers.add(wake);
+    exposeWake?.(wake);
     try {
-      await Promise.race([this.env.clock.sleep(ms), stopped]);
+      await Promise.race([this.env.clock.sleep(ms), woken]);
     } finally {
       this.#sleepers.delete(wake);
     }
@@ -296,19 +501,23 @@ export class LockDaemon {
 
   #state(): LockdState {
     return {
-      version: 1,
+      version: stateFormatVersion,
       bootId: this.env.bootId,
       pid: this.env.pid,
       leaseFile: this.options.leaseFile,
       lockspaceId: this.lease.lockspace.header.lockspaceId,
       incarnation: this.lease.incarnation,
+      validUntilMs: this.lease.validUntilMs(),
       leases: [...this.#leases.values()],
     };
   }
 }
 
-/** The previous lockd's state, if this start may resume it (same boot, same file, that lockd gone). */
-async function readPrevious(options: LockdOptions, env: LockdEnvironment): Promise<LockdState | undefined> {
+/**
+ * The previous lockd's state, and whether this start may resume it (same boot, same file, same
+ * host id, that lockd gone). Not resumable, its leases' VMs must be stopped.
+ */
+async function readPrevious(options: LockdOptions, env: LockdEnvironment): Promise<{ state: LockdState; resumable: boolean } | undefined> {
   let state: LockdState | undefined;
   try {
     state = await env.store.read();
@@ -327,10 +536,10 @@ async function readPrevious(options: LockdOptions, env: LockdEnvironment): Promi
     state.incarnation.hostId !== options.hostId && `the host id changed (${state.incarnation.hostId})`,
   ].filter((reason): reason is string => typeof reason === "string");
   if (reasons.length > 0) {
-    log.info("not resuming the previous host lease", { reasons });
-    return undefined;
+    log.info("not resuming the previous host lease", { reasons, leases: state.leases.length });
+    return { state, resumable: false };
   }
-  return state;
+  return { state, resumable: true };
 }
 
 function errorReply(id: number, error: unknown): Reply {

@@ -6,19 +6,33 @@
 import { chmod, mkdir, rm } from "node:fs/promises";
 import { dirname } from "node:path";
 import type { Socket, UnixSocketListener } from "bun";
-import { maxConnections, maxRequestBytes, parseRequest, type Reply, type Request } from "./protocol.ts";
+import { maxConnections, maxRequestBytes, parseRequest, type LockdEvent, type Reply, type Request } from "./protocol.ts";
+
+/** Output a client has not read yet, at most; a client further behind is disconnected. */
+const maxUnsentBytes = 256 * 1024;
 
 interface Connection {
   buffered: string;
   /** Replies are written in request order even when requests finish out of order. */
   tail: Promise<void>;
+  /** What the kernel did not take yet (a slow reader); flushed on drain. */
+  unsent: Buffer;
+  /** Sends an event line on this connection (for subscriptions). */
+  readonly push: (event: LockdEvent) => void;
 }
 
 export interface SocketServer {
   close(): Promise<void>;
 }
 
-export async function serveSocket(path: string, handle: (request: Request) => Promise<Reply>): Promise<SocketServer> {
+export interface SocketHandler {
+  /** `push` sends events on the request's connection. */
+  handle(request: Request, push: (event: LockdEvent) => void): Promise<Reply>;
+  /** The connection whose `push` this is closed. */
+  disconnected(push: (event: LockdEvent) => void): void;
+}
+
+export async function serveSocket(path: string, handler: SocketHandler): Promise<SocketServer> {
   await mkdir(dirname(path), { recursive: true, mode: 0o700 });
   // A socket file left by a crashed lockd would make listen fail; the caller has made sure no
   // other lockd runs for this state (see LockDaemon.start).
@@ -32,7 +46,14 @@ export async function serveSocket(path: string, handle: (request: Request) => Pr
           socket.end(line({ id: null, ok: false, error: "io", message: `busy: more than ${maxConnections} connections` }));
           return;
         }
-        socket.data = { buffered: "", tail: Promise.resolve() };
+        socket.data = { buffered: "", tail: Promise.resolve(), unsent: Buffer.alloc(0), push: (event) => send(socket, `${JSON.stringify(event)}\n`) };
+      },
+      drain(socket) {
+        const connection = socket.data;
+        if (connection === undefined || connection.unsent.length === 0) return;
+        const bytes = connection.unsent;
+        connection.unsent = Buffer.alloc(0);
+        send(socket, bytes);
       },
       data(socket, chunk) {
         const connection = socket.data;
@@ -44,7 +65,7 @@ export async function serveSocket(path: string, handle: (request: Request) => Pr
           const text = connection.buffered.slice(0, newline);
           connection.buffered = connection.buffered.slice(newline + 1);
           if (text.trim() === "") continue;
-          respond(socket, connection, text.length > maxRequestBytes ? tooLong() : reply(text, handle));
+          respond(socket, connection, text.length > maxRequestBytes ? tooLong() : reply(text, (request) => handler.handle(request, connection.push)));
         }
         if (connection.buffered.length > maxRequestBytes) {
           respond(socket, connection, tooLong());
@@ -52,8 +73,9 @@ export async function serveSocket(path: string, handle: (request: Request) => Pr
           connection.buffered = "";
         }
       },
-      close() {
+      close(socket) {
         open--;
+        if (socket.data !== undefined) handler.disconnected(socket.data.push);
       },
       error() {
         // A broken client connection affects that client only.
@@ -80,14 +102,30 @@ function tooLong(): Promise<Reply> {
 }
 
 function respond(socket: Socket<Connection>, connection: Connection, answer: Promise<Reply>): void {
-  connection.tail = connection.tail.then(async () => {
-    const text = line(await answer);
+  connection.tail = connection.tail.then(async () => send(socket, line(await answer)));
+}
+
+/** Writes `text`, keeping what the kernel does not take for the drain event, within a bound. */
+function send(socket: Socket<Connection>, text: string | Buffer): void {
+  const connection = socket.data;
+  if (connection === undefined) return;
+  const bytes = typeof text === "string" ? Buffer.from(text) : text;
+  if (connection.unsent.length > 0) {
+    connection.unsent = Buffer.concat([connection.unsent, bytes]);
+  } else {
+    let written: number;
     try {
-      socket.write(text);
+      written = socket.write(bytes);
     } catch {
       // A client that went away cannot be answered; that is its loss, not lockd's.
+      return;
     }
-  });
+    if (written < bytes.length) connection.unsent = bytes.subarray(Math.max(0, written));
+  }
+  if (connection.unsent.length > maxUnsentBytes) {
+    connection.unsent = Buffer.alloc(0);
+    socket.end();
+  }
 }
 
 function line(answer: Reply): string {

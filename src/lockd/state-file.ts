@@ -11,7 +11,8 @@ import { mkdir, open, readFile, rename } from "node:fs/promises";
 import { join } from "node:path";
 import type { Incarnation } from "../lease/delta-lease.ts";
 
-export const stateFormatVersion = 1;
+/** 2 added validUntilMs (read by the watchdog). */
+export const stateFormatVersion = 2;
 
 export interface HeldLease {
   readonly slot: number;
@@ -28,6 +29,12 @@ export interface LockdState {
   readonly leaseFile: string;
   readonly lockspaceId: string;
   readonly incarnation: Incarnation;
+  /**
+   * CLOCK_BOOTTIME at which the host lease stops being valid unless renewed (renewal-fail, or the
+   * end of a no-fence grace). The watchdog (src/lockd/watchdog.ts) stops the VMs of `leases` once
+   * it passes: this file is how lockd feeds it.
+   */
+  readonly validUntilMs: number;
   readonly leases: readonly HeldLease[];
 }
 
@@ -126,6 +133,7 @@ function checkState(file: string, raw: unknown): LockdState {
       recordTimestampsMs: (timestamps as unknown[]).map((t, i) => integer(t, `incarnation.recordTimestampsMs[${i}]`)),
       lastRenewalStartMs: number(incarnation["lastRenewalStartMs"], "incarnation.lastRenewalStartMs"),
     },
+    validUntilMs: number(state["validUntilMs"], "validUntilMs"),
     leases: (leases as unknown[]).map((entry, i) => {
       const lease = object(entry, `leases[${i}]`);
       return { slot: integer(lease["slot"], `leases[${i}].slot`), resource: string(lease["resource"], `leases[${i}].resource`), lver: integer(lease["lver"], `leases[${i}].lver`) };

@@ -29,7 +29,7 @@ function host(dir: TempDir, id: number): Host {
   return {
     socket,
     stateDir,
-    args: ["lockd", "--lease-file", join(dir.path, "leases"), "--host-id", String(id), "--host", `host-${id}`, "--socket", socket, "--state-dir", stateDir, "--io-timeout", String(ioTimeoutS), "--log-format", "json"],
+    args: ["lockd", "--lease-file", join(dir.path, "leases"), "--host-id", String(id), "--host", `host-${id}`, "--socket", socket, "--state-dir", stateDir, "--hypervisor", "test:///default", "--io-timeout", String(ioTimeoutS), "--log-format", "json"],
   };
 }
 

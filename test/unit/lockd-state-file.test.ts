@@ -5,12 +5,13 @@ import { readState, stateFile, StateFileError, writeState, type LockdState } fro
 import { tempDir } from "../helpers/tmp.ts";
 
 const state: LockdState = {
-  version: 1,
+  version: 2,
   bootId: "3b1f1c2e-8d2a-4f57-9c39-6f0a1b2c3d4e",
   pid: 4242,
   leaseFile: "/shared/fitha/leases",
   lockspaceId: "a".repeat(32),
   incarnation: { hostId: 7, hostName: "compute-07", installId: "b".repeat(32), ioTimeoutMs: 10_000, generation: 3, recordTimestampsMs: [123456, 123789], lastRenewalStartMs: 98765.4321 },
+  validUntilMs: 178765.4321,
   leases: [{ slot: 12, resource: "6c1a2b3c-0000-4000-8000-000000000001", lver: 9 }],
 };
 
@@ -37,7 +38,7 @@ describe("lockd state file", () => {
     const file = stateFile(dir.path);
     const cases: Array<[string, string]> = [
       ["{not json", "not valid JSON"],
-      [JSON.stringify({ ...state, version: 2 }), "version 2, expected 1"],
+      [JSON.stringify({ ...state, version: 1 }), "version 1, expected 2"],
       [JSON.stringify({ ...state, pid: -1 }), "pid is not a non-negative integer"],
       [JSON.stringify({ ...state, incarnation: { ...state.incarnation, recordTimestampsMs: [] } }), "incarnation.recordTimestampsMs is not a non-empty list"],
       [JSON.stringify({ ...state, leases: [{ slot: 1, resource: "", lver: 1 }] }), "leases[0].resource is not a non-empty string"],

@@ -13,6 +13,8 @@ import { LockDaemon } from "../../lockd/lock-daemon.ts";
 import { fileStateStore } from "../../lockd/state-file.ts";
 import { serveSocket } from "../../lockd/socket-server.ts";
 import { logger } from "../../log.ts";
+import { HypervisorError } from "../../virt/hypervisor.ts";
+import { LibvirtHypervisor } from "../../virt/libvirt-hypervisor.ts";
 import { logArgs } from "../args.ts";
 
 const log = logger("lockd");
@@ -30,6 +32,7 @@ export const lockdCommand = defineCommand({
     },
     socket: { type: "string", valueHint: "PATH", description: `Unix socket to serve (default ${defaultSocketPath})` },
     "state-dir": { type: "string", valueHint: "DIR", description: "Where lockd keeps its state across restarts (default /var/lib/fitha/lockd)" },
+    hypervisor: { type: "string", valueHint: "URI", description: "libvirt URI of this host's VMs, which fencing stops (default qemu:///system)" },
     "io-timeout": { type: "string", valueHint: "SECONDS", description: "I/O timeout T; renewal every 2T, fail at 8T (default 10)" },
     ...logArgs,
   },
@@ -42,6 +45,15 @@ export const lockdCommand = defineCommand({
     }
     const stateDir = args["state-dir"] ?? "/var/lib/fitha/lockd";
     const socketPath = args.socket ?? defaultSocketPath;
+    const hypervisorUri = args.hypervisor ?? "qemu:///system";
+    // Without a hypervisor lockd could not fence: it must not hold any lease then.
+    let hypervisor: LibvirtHypervisor;
+    try {
+      hypervisor = await LibvirtHypervisor.open(hypervisorUri);
+    } catch (error) {
+      if (error instanceof HypervisorError) throw new FithaError(`lockd: ${error.message} (fencing needs it; see --hypervisor)`);
+      throw error;
+    }
     let daemon: LockDaemon;
     try {
       daemon = await LockDaemon.start(
@@ -54,19 +66,17 @@ export const lockdCommand = defineCommand({
           lockdAlive,
           installId: await installId(stateDir),
           store: fileStateStore(stateDir),
-          // Until lockd has its hypervisor connection, a failing host lease is reported, not fenced.
-          fence: async (leases) => {
-            throw new Error(`lockd has no hypervisor connection yet: ${leases.length} VM(s) under lost leases were not stopped`);
-          },
+          hypervisor,
         },
       );
     } catch (error) {
+      await hypervisor.close();
       if (error instanceof HostIdInUseError || error instanceof NotFormattedError || error instanceof CorruptionError || error instanceof IoError || error instanceof RangeError) {
         throw new FithaError(`lockd: ${error.message}`);
       }
       throw error;
     }
-    const server = await serveSocket(socketPath, (request) => daemon.handle(request));
+    const server = await serveSocket(socketPath, { handle: (request, push) => daemon.handle(request, push), disconnected: (push) => daemon.unsubscribe(push) });
     log.info("lockd ready", { socket: socketPath, host_id: daemon.lease.hostId, generation: daemon.lease.generation, started_by: daemon.startedBy });
     const signal = await new Promise<string>((resolve) => {
       process.once("SIGTERM", () => resolve("SIGTERM"));
@@ -77,6 +87,7 @@ export const lockdCommand = defineCommand({
     log.info("stopping; held VM leases stay held for the next lockd to resume", { signal });
     await server.close();
     await daemon.stop();
+    await hypervisor.close();
     return ExitCode.ok;
   },
 });
