@@ -15,6 +15,7 @@ export const fithaCommand = defineCommand({
     status: () => import("./commands/status.ts").then((m) => m.statusCommand),
     lockd: () => import("./commands/lockd.ts").then((m) => m.lockdCommand),
     lease: () => import("./commands/lease.ts").then((m) => m.leaseCommand),
+    watchdog: () => import("./commands/watchdog.ts").then((m) => m.watchdogCommand),
     config: () => import("./commands/config.ts").then((m) => m.configCommand),
     version: () => import("./commands/version.ts").then((m) => m.versionCommand),
   },

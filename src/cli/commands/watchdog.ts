@@ -1,0 +1,61 @@
+import { defineCommand } from "citty";
+import { ExitCode, FithaError, UsageError } from "../../errors.ts";
+import { bootId, boottimeClock } from "../../lockd/host-identity.ts";
+import { fileStateStore } from "../../lockd/state-file.ts";
+import { Watchdog, type WatchdogCheck } from "../../lockd/watchdog.ts";
+import { logger } from "../../log.ts";
+import { HypervisorError } from "../../virt/hypervisor.ts";
+import { LibvirtHypervisor } from "../../virt/libvirt-hypervisor.ts";
+import { logArgs } from "../args.ts";
+
+const log = logger("watchdog");
+
+export const watchdogCommand = defineCommand({
+  meta: { description: "Run the VM watchdog beside lockd: stops the VMs under lockd's leases if lockd does not renew in time" },
+  args: {
+    "state-dir": { type: "string", valueHint: "DIR", description: "lockd's state dir, which it feeds the watchdog through (default /var/lib/fitha/lockd)" },
+    hypervisor: { type: "string", valueHint: "URI", description: "libvirt URI of this host's VMs (default qemu:///system)" },
+    "poll-interval-ms": { type: "string", valueHint: "MS", description: "Longest wait between checks; lockd's T/4 when shorter (default 1000)" },
+    ...logArgs,
+  },
+  async run({ args }) {
+    const maxPollMs = Number(args["poll-interval-ms"] ?? "1000");
+    if (!(Number.isSafeInteger(maxPollMs) && maxPollMs >= 10 && maxPollMs <= 60_000)) {
+      throw new UsageError(`watchdog: --poll-interval-ms must be a whole number from 10 to 60000, not "${args["poll-interval-ms"]}"`);
+    }
+    const stateDir = args["state-dir"] ?? "/var/lib/fitha/lockd";
+    const uri = args.hypervisor ?? "qemu:///system";
+    let hypervisor: LibvirtHypervisor;
+    try {
+      hypervisor = await LibvirtHypervisor.open(uri);
+    } catch (error) {
+      if (error instanceof HypervisorError) throw new FithaError(`watchdog: ${error.message} (the watchdog stops VMs through it; see --hypervisor)`);
+      throw error;
+    }
+    const watchdog = new Watchdog({ clock: boottimeClock, store: fileStateStore(stateDir), hypervisor, bootId: await bootId() });
+    let stopping = false;
+    let wake: (() => void) | undefined;
+    const stop = () => {
+      stopping = true;
+      wake?.();
+    };
+    process.once("SIGTERM", stop);
+    process.once("SIGINT", stop);
+    log.info("watchdog ready", { state_dir: stateDir, hypervisor: uri });
+    let previous: WatchdogCheck["state"] | undefined;
+    while (!stopping) {
+      const check = await watchdog.check();
+      // Log transitions, not every poll; every firing is logged by the watchdog itself.
+      if (check.state !== previous) log.info(`watchdog ${check.state}`, check.state === "idle" ? { why: check.why } : check.state === "armed" ? { fires_in_ms: Math.round(check.firesInMs), vms: check.vms } : {});
+      if (check.state === "fired" && check.failed.length > 0) log.error("VMs still running after the watchdog's attempts; retrying", { failed: check.failed });
+      previous = check.state;
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, watchdog.pollIntervalMs(maxPollMs));
+      });
+    }
+    log.info("watchdog stopping: VMs are no longer protected against a hung lockd");
+    await hypervisor.close();
+    return ExitCode.ok;
+  },
+});
