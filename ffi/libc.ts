@@ -34,6 +34,10 @@ const STATX_MODE = 0x2;
 const STATX_SIZE = 0x200;
 const STATX_DIOALIGN = 0x2000;
 const CLOCK_BOOTTIME = 7;
+/** asm-generic/socket.h: SOL_SOCKET, SO_PEERCRED; struct ucred is { pid_t pid; uid_t uid; gid_t gid; }. */
+const SOL_SOCKET = 1;
+const SO_PEERCRED = 17;
+const ucredBytes = 12;
 const BLKSSZGET = 0x1268;
 const BLKGETSIZE64 = 0x80081272;
 
@@ -51,6 +55,7 @@ const symbols = {
   __errno_location: { args: [], returns: "ptr" },
   strerror: { args: ["i32"], returns: "cstring" },
   clock_gettime: { args: ["i32", "ptr"], returns: "i32" },
+  getsockopt: { args: ["i32", "i32", "i32", "ptr", "ptr"], returns: "i32" },
 } as const;
 
 let library: Library<typeof symbols> | undefined;
@@ -229,4 +234,22 @@ const timespec = new BigInt64Array(2);
 export function clockBoottimeMs(): number {
   if (libc().clock_gettime(CLOCK_BOOTTIME, timespec) !== 0) throw new ErrnoError("clock_gettime", errno(), "CLOCK_BOOTTIME");
   return Number(timespec[0]!) * 1000 + Number(timespec[1]!) / 1e6;
+}
+
+export interface PeerCredentials {
+  readonly pid: number;
+  readonly uid: number;
+  readonly gid: number;
+}
+
+/**
+ * The credentials of the process at the other end of a connected unix socket, as the kernel
+ * recorded them at connect(2) (SO_PEERCRED): not something the peer can claim.
+ */
+export function peerCredentials(fd: number): PeerCredentials {
+  const ucred = new Int32Array(ucredBytes / 4);
+  const length = new Uint32Array([ucredBytes]);
+  if (libc().getsockopt(fd, SOL_SOCKET, SO_PEERCRED, ucred, length) !== 0) throw new ErrnoError("getsockopt", errno(), "SO_PEERCRED");
+  if (length[0] !== ucredBytes) throw new Error(`SO_PEERCRED returned ${length[0]} bytes, expected ${ucredBytes}`);
+  return { pid: ucred[0]!, uid: ucred[1]! >>> 0, gid: ucred[2]! >>> 0 };
 }

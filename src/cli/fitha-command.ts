@@ -16,6 +16,7 @@ export const fithaCommand = defineCommand({
     lockd: () => import("./commands/lockd.ts").then((m) => m.lockdCommand),
     lease: () => import("./commands/lease.ts").then((m) => m.leaseCommand),
     watchdog: () => import("./commands/watchdog.ts").then((m) => m.watchdogCommand),
+    hook: () => import("./commands/hook.ts").then((m) => m.hookCommand),
     config: () => import("./commands/config.ts").then((m) => m.configCommand),
     version: () => import("./commands/version.ts").then((m) => m.versionCommand),
   },

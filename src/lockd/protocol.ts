@@ -40,7 +40,7 @@ export type LockdEvent =
   | { readonly event: "fenced"; readonly reason: string; readonly vms: readonly string[]; readonly failed: readonly string[] }
   | { readonly event: "leases-taken"; readonly vms: readonly string[]; readonly stopped: readonly string[]; readonly failed: readonly string[] };
 
-export type ErrorKind = "bad-request" | "held" | "not-owner" | "io" | "corrupt" | "internal";
+export type ErrorKind = "bad-request" | "forbidden" | "held" | "not-owner" | "io" | "corrupt" | "internal";
 
 export type Reply = { readonly id: number | null; readonly ok: true; readonly [key: string]: unknown } | { readonly id: number | null; readonly ok: false; readonly error: ErrorKind; readonly message: string; readonly [key: string]: unknown };
 

@@ -1,11 +1,14 @@
 /**
- * lockd's unix socket: JSON lines (src/lockd/protocol.ts). Access control is the file system's:
- * the socket is created mode 0600 in a directory of mode 0700 (root only); a site that wants a
- * group to use it sets the directory's group and mode itself.
+ * lockd's unix socket: JSON lines (src/lockd/protocol.ts). Two locks on the door: the file
+ * system (socket mode 0600 in a 0700 directory, or 0660/0750 with the configured group), and the
+ * kernel's record of who connected (SO_PEERCRED), checked on every connection — so a socket
+ * whose mode someone loosened still refuses strangers.
  */
-import { chmod, mkdir, rm } from "node:fs/promises";
+import { readFileSync } from "node:fs";
+import { chmod, chown, mkdir, rm } from "node:fs/promises";
 import { dirname } from "node:path";
 import type { Socket, UnixSocketListener } from "bun";
+import { peerCredentials, type PeerCredentials } from "../../ffi/libc.ts";
 import { maxConnections, maxRequestBytes, parseRequest, type LockdEvent, type Reply, type Request } from "./protocol.ts";
 
 /** Output a client has not read yet, at most; a client further behind is disconnected. */
@@ -32,8 +35,31 @@ export interface SocketHandler {
   disconnected(push: (event: LockdEvent) => void): void;
 }
 
-export async function serveSocket(path: string, handler: SocketHandler): Promise<SocketServer> {
-  await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+export interface SocketAccess {
+  /** Members of this group (primary or supplementary) may connect too; otherwise root and lockd's own user only. */
+  readonly groupId?: number;
+}
+
+/** Why a peer may not use the socket, or undefined if it may. */
+export function refusal(peer: PeerCredentials, access: SocketAccess, ownUid: number): string | undefined {
+  if (peer.uid === 0 || peer.uid === ownUid) return undefined;
+  if (access.groupId !== undefined && (peer.gid === access.groupId || supplementaryGroups(peer.pid).includes(access.groupId))) return undefined;
+  return `uid ${peer.uid} (pid ${peer.pid}) may not use lockd's socket: only root${access.groupId === undefined ? "" : ` and group ${access.groupId}`}`;
+}
+
+/** The peer's supplementary groups (/proc/PID/status "Groups:"); none if it is gone already. */
+function supplementaryGroups(pid: number): number[] {
+  try {
+    const line = readFileSync(`/proc/${pid}/status`, "utf8").split("\n").find((l) => l.startsWith("Groups:"));
+    return line === undefined ? [] : line.slice("Groups:".length).trim().split(/\s+/).filter((g) => g !== "").map(Number);
+  } catch {
+    return [];
+  }
+}
+
+export async function serveSocket(path: string, handler: SocketHandler, access: SocketAccess = {}): Promise<SocketServer> {
+  const ownUid = process.geteuid?.() ?? 0;
+  await mkdir(dirname(path), { recursive: true, mode: access.groupId === undefined ? 0o700 : 0o750 });
   // A socket file left by a crashed lockd would make listen fail; the caller has made sure no
   // other lockd runs for this state (see LockDaemon.start).
   await rm(path, { force: true });
@@ -44,6 +70,16 @@ export async function serveSocket(path: string, handler: SocketHandler): Promise
       open(socket) {
         if (++open > maxConnections) {
           socket.end(line({ id: null, ok: false, error: "io", message: `busy: more than ${maxConnections} connections` }));
+          return;
+        }
+        let refused: string | undefined;
+        try {
+          refused = refusal(peerCredentials(socketFd(socket)), access, ownUid);
+        } catch (error) {
+          refused = `cannot tell who connected: ${error instanceof Error ? error.message : String(error)}`;
+        }
+        if (refused !== undefined) {
+          socket.end(line({ id: null, ok: false, error: "forbidden", message: refused }));
           return;
         }
         socket.data = { buffered: "", tail: Promise.resolve(), unsent: Buffer.alloc(0), push: (event) => send(socket, `${JSON.stringify(event)}\n`) };
@@ -82,7 +118,14 @@ export async function serveSocket(path: string, handler: SocketHandler): Promise
       },
     },
   });
-  await chmod(path, 0o600);
+  if (access.groupId === undefined) {
+    await chmod(path, 0o600);
+  } else {
+    await chown(path, ownUid, access.groupId);
+    await chmod(path, 0o660);
+    await chown(dirname(path), ownUid, access.groupId);
+    await chmod(dirname(path), 0o750);
+  }
   return {
     async close() {
       listener.stop(true);
@@ -130,4 +173,11 @@ function send(socket: Socket<Connection>, text: string | Buffer): void {
 
 function line(answer: Reply): string {
   return `${JSON.stringify(answer)}\n`;
+}
+
+/** The connection's file descriptor: Bun has it (`fd`) but does not declare it in its types. */
+function socketFd(socket: Socket<Connection>): number {
+  const fd = (socket as unknown as { readonly fd: unknown }).fd;
+  if (!(typeof fd === "number" && Number.isInteger(fd) && fd >= 0)) throw new Error(`no file descriptor on the connection (${String(fd)})`);
+  return fd;
 }

@@ -35,6 +35,6 @@ function element(xml: string, tag: string): string | undefined {
 const entities: Record<string, string> = { lt: "<", gt: ">", amp: "&", quot: '"', apos: "'" };
 
 /** The five predefined XML entities (a domain name with others is not worth a parser). */
-function decodeEntities(text: string): string {
+export function decodeEntities(text: string): string {
   return text.replace(/&(lt|gt|amp|quot|apos);/g, (_, entity: string) => entities[entity]!);
 }

@@ -17,6 +17,8 @@ export interface RunOptions {
   cwd?: string;
   timeoutMs?: number;
   binary?: string;
+  /** Written to the command's stdin (default: none, as from /dev/null). */
+  stdin?: string;
 }
 
 export async function runFitha(args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
@@ -26,7 +28,7 @@ export async function runFitha(args: readonly string[], options: RunOptions = {}
   const child = Bun.spawn([binary, ...args], {
     cwd: options.cwd ?? repoRoot,
     env: options.env ?? { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" },
-    stdin: "ignore",
+    stdin: options.stdin === undefined ? "ignore" : new Blob([options.stdin]),
     stdout: "pipe",
     stderr: "pipe",
   });

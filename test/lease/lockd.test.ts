@@ -2,60 +2,18 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { stat } from "node:fs/promises";
 import { join } from "node:path";
-import { fithaBinary, runFitha } from "../helpers/fitha.ts";
-import { tempDir, type TempDir } from "../helpers/tmp.ts";
+import { runFitha } from "../helpers/fitha.ts";
+import { formatLeaseFile as formatted, killStartedLockds, lockdHost as host, startLockd, testIoTimeoutS as ioTimeoutS, type LockdHost as Host } from "../helpers/lockd.ts";
+import { tempDir } from "../helpers/tmp.ts";
 
-const ioTimeoutS = 0.5;
 const failMs = 8 * ioTimeoutS * 1000;
-const started = new Set<Bun.Subprocess>();
 
-afterEach(async () => {
-  for (const child of started) {
-    child.kill("SIGKILL");
-    await child.exited;
-  }
-  started.clear();
-});
-
-interface Host {
-  socket: string;
-  stateDir: string;
-  args: string[];
-}
-
-function host(dir: TempDir, id: number): Host {
-  const socket = join(dir.path, `run-${id}`, "lockd.sock");
-  const stateDir = join(dir.path, `state-${id}`);
-  return {
-    socket,
-    stateDir,
-    args: ["lockd", "--lease-file", join(dir.path, "leases"), "--host-id", String(id), "--host", `host-${id}`, "--socket", socket, "--state-dir", stateDir, "--hypervisor", "test:///default", "--io-timeout", String(ioTimeoutS), "--log-format", "json"],
-  };
-}
-
-/** Starts lockd and waits (bounded) until it answers on its socket. */
-async function startLockd(h: Host): Promise<Bun.Subprocess<"ignore", "ignore", "pipe">> {
-  const child = Bun.spawn([fithaBinary, ...h.args], { stdin: "ignore", stdout: "ignore", stderr: "pipe", env: { PATH: "/usr/bin:/bin" } });
-  started.add(child);
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    const status = await runFitha(["lease", "status", "--socket", h.socket, "--json"]);
-    if (status.exitCode === 0) return child;
-    if (child.exitCode !== null) throw new Error(`lockd exited ${child.exitCode}: ${await new Response(child.stderr).text()}`);
-    if (Date.now() > deadline) throw new Error(`lockd did not answer on ${h.socket}: ${status.stderr}`);
-    await Bun.sleep(50);
-  }
-}
+afterEach(killStartedLockds);
 
 async function status(h: Host) {
   const result = await runFitha(["lease", "status", "--socket", h.socket, "--json"]);
   expect(result.exitCode).toBe(0);
   return JSON.parse(result.stdout);
-}
-
-async function formatted(dir: TempDir): Promise<void> {
-  const result = await runFitha(["lease", "format", "--path", join(dir.path, "leases"), "--hosts", "8", "--slots", "8", "--max-io-timeout-ms", "1000", "--kill-budget-ms", "2000"]);
-  expect(result.exitCode).toBe(0);
 }
 
 describe("fitha lockd", () => {

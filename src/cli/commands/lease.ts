@@ -8,8 +8,7 @@ import { NotFormattedError } from "../../lease/lockspace.ts";
 import { CorruptionError } from "../../lease/records.ts";
 import { IoError } from "../../lease/sector-device.ts";
 import { defaultIoTimeoutMs, defaultKillBudgetMs } from "../../lease/timeline.ts";
-import { defaultSocketPath, requestLockd } from "../../lockd/client.ts";
-import type { Reply } from "../../lockd/protocol.ts";
+import { acquireVmLease, askLockd, defaultSocketPath, releaseVmLease } from "../../lockd/client.ts";
 import { jsonArg, logArgs } from "../args.ts";
 import { formatTable, printJson, printLines } from "../output.ts";
 
@@ -101,18 +100,12 @@ const vmLeaseArgs = {
 /** A lease request waits for lockd's ballots; bounded well above a few I/O timeouts. */
 const requestTimeoutMs = 120_000;
 
-async function askLockd(socket: string | undefined, body: Parameters<typeof requestLockd>[1]): Promise<Extract<Reply, { ok: true }>> {
-  const reply = await requestLockd(socket ?? defaultSocketPath, body, requestTimeoutMs);
-  if (reply.ok) return reply;
-  throw new FithaError(reply.message, reply.error === "held" ? ExitCode.heldElsewhere : reply.error === "bad-request" ? ExitCode.usage : ExitCode.failed);
-}
-
 const acquireCommand = defineCommand({
   meta: { description: "Acquire a VM's lease through lockd (exit 3 if another live host holds it)" },
   args: { ...vmLeaseArgs, ...logArgs },
   async run({ args }) {
-    const reply = await askLockd(args.socket, { op: "acquire", vm: args.vm, slot: integerArg("--slot", args.slot, 0) });
-    printLines(`${args.vm}: lease acquired (slot ${args.slot}, version ${String(reply["lver"])}${reply["already"] ? ", already held" : ""})`);
+    const lease = await acquireVmLease(args.socket ?? defaultSocketPath, args.vm, integerArg("--slot", args.slot, 0), requestTimeoutMs);
+    printLines(`${args.vm}: lease acquired (slot ${args.slot}, version ${lease.lver}${lease.already ? ", already held" : ""})`);
   },
 });
 
@@ -120,8 +113,8 @@ const releaseCommand = defineCommand({
   meta: { description: "Release a VM's lease through lockd" },
   args: { ...vmLeaseArgs, ...logArgs },
   async run({ args }) {
-    const reply = await askLockd(args.socket, { op: "release", vm: args.vm, slot: integerArg("--slot", args.slot, 0) });
-    printLines(`${args.vm}: ${reply["released"] ? "lease released" : "lease was not held by this host"}`);
+    const released = await releaseVmLease(args.socket ?? defaultSocketPath, args.vm, integerArg("--slot", args.slot, 0), requestTimeoutMs);
+    printLines(`${args.vm}: ${released ? "lease released" : "lease was not held by this host"}`);
   },
 });
 
@@ -129,7 +122,7 @@ const inquireCommand = defineCommand({
   meta: { description: "Show one VM lease slot as on disk now, through lockd" },
   args: { slot: vmLeaseArgs.slot, ...socketArg, ...jsonArg, ...logArgs },
   async run({ args }) {
-    const reply = await askLockd(args.socket, { op: "inquire", slot: integerArg("--slot", args.slot, 0) });
+    const reply = await askLockd(args.socket ?? defaultSocketPath, { op: "inquire", slot: integerArg("--slot", args.slot, 0) }, requestTimeoutMs);
     if (args.json) printJson(reply["lease"]);
     else printLines(...Object.entries(reply["lease"] as Record<string, unknown>).map(([key, value]) => `${key}: ${value === null ? "-" : String(value)}`));
   },
@@ -139,7 +132,7 @@ const statusCommand = defineCommand({
   meta: { description: "Show lockd: host lease phase, renewal age, held VM leases, other hosts' liveness" },
   args: { ...socketArg, ...jsonArg, ...logArgs },
   async run({ args }) {
-    const status = (await askLockd(args.socket, { op: "status" }))["status"] as LockdStatus;
+    const status = (await askLockd(args.socket ?? defaultSocketPath, { op: "status" }, requestTimeoutMs))["status"] as LockdStatus;
     if (args.json) printJson(status);
     else printLines(...renderStatus(status));
   },

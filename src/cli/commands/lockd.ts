@@ -1,4 +1,5 @@
 import { defineCommand } from "citty";
+import { readFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { ExitCode, FithaError, UsageError } from "../../errors.ts";
 import { HostIdInUseError } from "../../lease/delta-lease.ts";
@@ -31,6 +32,7 @@ export const lockdCommand = defineCommand({
       description: "configured: a hand-given id, checked for collisions (2T wait); unique: allocated to this host alone (fast join)",
     },
     socket: { type: "string", valueHint: "PATH", description: `Unix socket to serve (default ${defaultSocketPath})` },
+    "socket-group": { type: "string", valueHint: "GROUP", description: "A group (name or id) whose members may use the socket besides root" },
     "state-dir": { type: "string", valueHint: "DIR", description: "Where lockd keeps its state across restarts (default /var/lib/fitha/lockd)" },
     hypervisor: { type: "string", valueHint: "URI", description: "libvirt URI of this host's VMs, which fencing stops (default qemu:///system)" },
     "io-timeout": { type: "string", valueHint: "SECONDS", description: "I/O timeout T; renewal every 2T, fail at 8T (default 10)" },
@@ -46,6 +48,7 @@ export const lockdCommand = defineCommand({
     const stateDir = args["state-dir"] ?? "/var/lib/fitha/lockd";
     const socketPath = args.socket ?? defaultSocketPath;
     const hypervisorUri = args.hypervisor ?? "qemu:///system";
+    const socketGroupId = args["socket-group"] === undefined ? undefined : await groupId(args["socket-group"]);
     // Without a hypervisor lockd could not fence: it must not hold any lease then.
     let hypervisor: LibvirtHypervisor;
     try {
@@ -76,7 +79,11 @@ export const lockdCommand = defineCommand({
       }
       throw error;
     }
-    const server = await serveSocket(socketPath, { handle: (request, push) => daemon.handle(request, push), disconnected: (push) => daemon.unsubscribe(push) });
+    const server = await serveSocket(
+      socketPath,
+      { handle: (request, push) => daemon.handle(request, push), disconnected: (push) => daemon.unsubscribe(push) },
+      socketGroupId === undefined ? {} : { groupId: socketGroupId },
+    );
     log.info("lockd ready", { socket: socketPath, host_id: daemon.lease.hostId, generation: daemon.lease.generation, started_by: daemon.startedBy });
     const signal = await new Promise<string>((resolve) => {
       process.once("SIGTERM", () => resolve("SIGTERM"));
@@ -91,3 +98,12 @@ export const lockdCommand = defineCommand({
     return ExitCode.ok;
   },
 });
+
+/** A group id from a name (/etc/group) or a number. */
+async function groupId(group: string): Promise<number> {
+  if (/^\d+$/.test(group)) return Number(group);
+  const entry = (await readFile("/etc/group", "utf8")).split("\n").find((line) => line.split(":")[0] === group);
+  const id = entry?.split(":")[2];
+  if (id === undefined || !/^\d+$/.test(id)) throw new UsageError(`lockd: --socket-group: no group "${group}" in /etc/group`);
+  return Number(id);
+}

@@ -1,0 +1,99 @@
+/**
+ * fitha as libvirt's qemu hook: an executable script `qemu.d/fitha` in libvirt's hooks directory
+ * that runs `fitha hook qemu` with libvirt's arguments. libvirt 6.5 and later runs every
+ * executable in hooks/qemu.d/ (besides hooks/qemu), so fitha's hook sits next to any other
+ * without editing it. libvirt looks for hooks only when it starts: a new one needs a restart.
+ */
+import { constants } from "node:fs";
+import { access, chmod, lstat, mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { isAbsolute, join } from "node:path";
+import { ExitCode, FithaError } from "../errors.ts";
+
+export const defaultHooksDir = "/etc/libvirt/hooks";
+const scriptMode = 0o755;
+
+export interface HookInstallOptions {
+  /** libvirt's hooks directory. */
+  readonly hooksDir: string;
+  /** The fitha executable the hook runs (absolute: libvirt runs hooks with a minimal PATH). */
+  readonly binary: string;
+  /** Replace an existing script with other content. */
+  readonly force: boolean;
+  /** Check and decide, but write nothing. */
+  readonly dryRun: boolean;
+}
+
+export interface HookInstallResult {
+  readonly path: string;
+  readonly script: string;
+  /** installed: there was none; updated: other content or mode replaced; unchanged: already as wanted. */
+  readonly outcome: "installed" | "updated" | "unchanged";
+}
+
+/** The script: libvirt's arguments after `--`, so a domain name starting with "-" is not an option. */
+export function qemuHookScript(binary: string): string {
+  return [
+    "#!/bin/sh",
+    "# fitha's libvirt qemu hook, written by `fitha hook install`. libvirt runs it for every qemu",
+    "# domain event with the arguments DOMAIN OPERATION SUB_OPERATION EXTRA and the domain XML on",
+    "# stdin. An HA domain's VM lease is acquired before it starts (a refusal stops the start) and",
+    "# released after it has stopped; every other event returns at once.",
+    `exec ${shellQuote(binary)} hook qemu -- "$@"`,
+    "",
+  ].join("\n");
+}
+
+export async function installQemuHook(options: HookInstallOptions): Promise<HookInstallResult> {
+  await checkBinary(options.binary);
+  const hookDir = join(options.hooksDir, "qemu.d");
+  const path = join(hookDir, "fitha");
+  const script = qemuHookScript(options.binary);
+  const existing = await lstat(path).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === "ENOENT") return undefined;
+    throw new FithaError(`${path}: cannot inspect it (${error.code ?? error.message})`);
+  });
+  let outcome: HookInstallResult["outcome"] = "installed";
+  if (existing !== undefined) {
+    const sameContent = existing.isFile() && (await readFile(path, "utf8").catch(() => undefined)) === script;
+    if (sameContent && (existing.mode & 0o777) === scriptMode) return { path, script, outcome: "unchanged" };
+    if (!sameContent && !options.force) {
+      throw new FithaError(`${path} exists with other content; not replacing it without --force (--dry-run shows what would be written)`);
+    }
+    outcome = "updated";
+  }
+  if (!options.dryRun) await writeAtomically(options.hooksDir, hookDir, path, script);
+  return { path, script, outcome };
+}
+
+/** A hook that cannot exec its binary fails every domain start: refuse to install one. */
+async function checkBinary(binary: string): Promise<void> {
+  if (!isAbsolute(binary)) throw new FithaError(`--binary ${binary}: must be an absolute path (libvirt runs hooks with a minimal PATH)`, ExitCode.usage);
+  if (/[\p{Cc}]/u.test(binary)) throw new FithaError(`--binary ${JSON.stringify(binary)}: control characters in the path`, ExitCode.usage);
+  const info = await stat(binary).catch(() => undefined);
+  const executable = info?.isFile() === true && (await access(binary, constants.X_OK).then(() => true, () => false));
+  if (!executable) throw new FithaError(`${binary}: not an executable file; the hook would fail every domain start`);
+}
+
+/**
+ * libvirt may run the hook at any moment (a domain starting), so it must never see a half-written
+ * script: written next to qemu.d/, where libvirt runs nothing, then renamed into place.
+ */
+async function writeAtomically(hooksDir: string, hookDir: string, path: string, script: string): Promise<void> {
+  const fail = (what: string) => (error: NodeJS.ErrnoException) => {
+    throw new FithaError(`${what}: ${error.code ?? error.message}`);
+  };
+  await mkdir(hookDir, { recursive: true, mode: 0o755 }).catch(fail(`cannot create ${hookDir}`));
+  const temporary = join(hooksDir, `.fitha-qemu-hook.${process.pid}.tmp`);
+  try {
+    await writeFile(temporary, script, { flag: "wx", mode: scriptMode }).catch(fail(`cannot write ${temporary}`));
+    // The mode given to writeFile is reduced by the umask.
+    await chmod(temporary, scriptMode).catch(fail(`cannot make ${temporary} executable`));
+    await rename(temporary, path).catch(fail(`cannot move the hook into place at ${path}`));
+  } finally {
+    await rm(temporary, { force: true });
+  }
+}
+
+function shellQuote(text: string): string {
+  return `'${text.replaceAll("'", `'\\''`)}'`;
+}

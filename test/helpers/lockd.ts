@@ -1,0 +1,59 @@
+/**
+ * Real `fitha lockd` processes on a real lease file in a temp dir, with a short I/O timeout and
+ * libvirt's in-process test driver as the hypervisor they would fence. Every lockd started here
+ * is killed by `killStartedLockds()`, which test files call in an afterEach.
+ */
+import { join } from "node:path";
+import { fithaBinary, runFitha } from "./fitha.ts";
+import type { TempDir } from "./tmp.ts";
+
+/** lockd's I/O timeout T in these tests: renewal every 1 s, fail at 4 s. */
+export const testIoTimeoutS = 0.5;
+const startTimeoutMs = 15_000;
+const started = new Set<Bun.Subprocess>();
+
+export async function killStartedLockds(): Promise<void> {
+  for (const child of started) {
+    child.kill("SIGKILL");
+    await child.exited;
+  }
+  started.clear();
+}
+
+export interface LockdHost {
+  socket: string;
+  stateDir: string;
+  /** fitha's arguments that run this host's lockd. */
+  args: string[];
+}
+
+/** Host `id` ("host-ID") of the lockspace in `dir`, with its own socket and state dir. */
+export function lockdHost(dir: TempDir, id: number): LockdHost {
+  const socket = join(dir.path, `run-${id}`, "lockd.sock");
+  const stateDir = join(dir.path, `state-${id}`);
+  return {
+    socket,
+    stateDir,
+    args: ["lockd", "--lease-file", join(dir.path, "leases"), "--host-id", String(id), "--host", `host-${id}`, "--socket", socket, "--state-dir", stateDir, "--hypervisor", "test:///default", "--io-timeout", String(testIoTimeoutS), "--log-format", "json"],
+  };
+}
+
+/** A lockspace in `dir`/leases: 8 host ids, 8 slots, for I/O timeouts up to 1 s. */
+export async function formatLeaseFile(dir: TempDir): Promise<void> {
+  const result = await runFitha(["lease", "format", "--path", join(dir.path, "leases"), "--hosts", "8", "--slots", "8", "--max-io-timeout-ms", "1000", "--kill-budget-ms", "2000"]);
+  if (result.exitCode !== 0) throw new Error(`fitha lease format: exit ${result.exitCode}: ${result.stderr}`);
+}
+
+/** Starts lockd and waits (bounded) until it answers on its socket. */
+export async function startLockd(h: LockdHost): Promise<Bun.Subprocess<"ignore", "ignore", "pipe">> {
+  const child = Bun.spawn([fithaBinary, ...h.args], { stdin: "ignore", stdout: "ignore", stderr: "pipe", env: { PATH: "/usr/bin:/bin" } });
+  started.add(child);
+  const deadline = Date.now() + startTimeoutMs;
+  for (;;) {
+    const status = await runFitha(["lease", "status", "--socket", h.socket, "--json"]);
+    if (status.exitCode === 0) return child;
+    if (child.exitCode !== null) throw new Error(`lockd exited ${child.exitCode}: ${await new Response(child.stderr).text()}`);
+    if (Date.now() > deadline) throw new Error(`lockd did not answer on ${h.socket}: ${status.stderr}`);
+    await Bun.sleep(50);
+  }
+}
