@@ -1,10 +1,14 @@
 /** Talking to a running lockd over its unix socket: one request, one reply, with a deadline. */
 import { ExitCode, FithaError } from "../errors.ts";
-import type { Reply } from "./protocol.ts";
+import type { Answer, Reply } from "./protocol.ts";
 
 export const defaultSocketPath = "/run/fitha/lockd.sock";
 
-type RequestBody = { op: "acquire" | "release"; vm: string; slot: number } | { op: "inquire"; slot: number } | { op: "status" };
+type RequestBody =
+  | { op: "acquire" | "release"; vm: string; slot: number }
+  | { op: "inquire"; slot: number }
+  | { op: "status" }
+  | { op: "answer"; question: number; answer: Answer };
 
 /**
  * No answer from lockd at all (not running, not answering in time, broken reply), as opposed to

@@ -64,12 +64,20 @@ export async function serveSocket(path: string, handler: SocketHandler, access: 
   // other lockd runs for this state (see LockDaemon.start).
   await rm(path, { force: true });
   let open = 0;
+  // Until its mode and group are set, the socket answers nobody: a client served before then
+  // could see (and an operator could change) modes that lockd is about to overwrite.
+  let ready = false;
   const listener: UnixSocketListener<Connection> = Bun.listen<Connection>({
     unix: path,
     socket: {
       open(socket) {
+        if (!ready) {
+          open++;
+          socket.end();
+          return;
+        }
         if (++open > maxConnections) {
-          socket.end(line({ id: null, ok: false, error: "io", message: `busy: more than ${maxConnections} connections` }));
+          refuse(socket, { id: null, ok: false, error: "io", message: `busy: more than ${maxConnections} connections` });
           return;
         }
         let refused: string | undefined;
@@ -79,7 +87,7 @@ export async function serveSocket(path: string, handler: SocketHandler, access: 
           refused = `cannot tell who connected: ${error instanceof Error ? error.message : String(error)}`;
         }
         if (refused !== undefined) {
-          socket.end(line({ id: null, ok: false, error: "forbidden", message: refused }));
+          refuse(socket, { id: null, ok: false, error: "forbidden", message: refused });
           return;
         }
         socket.data = { buffered: "", tail: Promise.resolve(), unsent: Buffer.alloc(0), push: (event) => send(socket, `${JSON.stringify(event)}\n`) };
@@ -126,6 +134,7 @@ export async function serveSocket(path: string, handler: SocketHandler, access: 
     await chown(dirname(path), ownUid, access.groupId);
     await chmod(dirname(path), 0o750);
   }
+  ready = true;
   return {
     async close() {
       listener.stop(true);
@@ -142,6 +151,22 @@ function reply(text: string, handle: (request: Request) => Promise<Reply>): Prom
 
 function tooLong(): Promise<Reply> {
   return Promise.resolve({ id: null, ok: false, error: "bad-request", message: `request longer than ${maxRequestBytes} bytes` });
+}
+
+/** How long a refused client gets to read why before its connection is closed. */
+const refusalLingerMs = 1_000;
+
+/**
+ * Tells a client why it is not served, then closes. Not at once: a connection closed while the
+ * client is still connecting reaches it as a bare connect failure, without the reason.
+ */
+function refuse(socket: Socket<Connection>, reply: Reply): void {
+  try {
+    socket.write(line(reply));
+  } catch {
+    return;
+  }
+  setTimeout(() => socket.end(), refusalLingerMs).unref();
 }
 
 function respond(socket: Socket<Connection>, connection: Connection, answer: Promise<Reply>): void {

@@ -27,20 +27,24 @@ export interface LockdHost {
   args: string[];
 }
 
-/** Host `id` ("host-ID") of the lockspace in `dir`, with its own socket and state dir. */
-export function lockdHost(dir: TempDir, id: number): LockdHost {
+/**
+ * Host `id` ("host-ID") of the lockspace in `dir` (or `options.leaseFile`), with its own socket
+ * and state dir, fencing through `options.hypervisor` (default libvirt's in-process test driver).
+ */
+export function lockdHost(dir: TempDir, id: number, options: { hypervisor?: string; leaseFile?: string } = {}): LockdHost {
   const socket = join(dir.path, `run-${id}`, "lockd.sock");
   const stateDir = join(dir.path, `state-${id}`);
   return {
     socket,
     stateDir,
-    args: ["lockd", "--lease-file", join(dir.path, "leases"), "--host-id", String(id), "--host", `host-${id}`, "--socket", socket, "--state-dir", stateDir, "--hypervisor", "test:///default", "--io-timeout", String(testIoTimeoutS), "--log-format", "json"],
+    args: ["lockd", "--lease-file", options.leaseFile ?? join(dir.path, "leases"), "--host-id", String(id), "--host", `host-${id}`, "--socket", socket, "--state-dir", stateDir, "--hypervisor", options.hypervisor ?? "test:///default", "--io-timeout", String(testIoTimeoutS), "--log-format", "json"],
   };
 }
 
-/** A lockspace in `dir`/leases: 8 host ids, 8 slots, for I/O timeouts up to 1 s. */
-export async function formatLeaseFile(dir: TempDir): Promise<void> {
-  const result = await runFitha(["lease", "format", "--path", join(dir.path, "leases"), "--hosts", "8", "--slots", "8", "--max-io-timeout-ms", "1000", "--kill-budget-ms", "2000"]);
+/** A lockspace in `dir`/leases (or at `path`): 8 host ids, 8 slots (or `slots`), for I/O timeouts up to 1 s, K = 2 s. */
+export async function formatLeaseFile(dir: TempDir, options: { slots?: number; path?: string } = {}): Promise<void> {
+  const path = options.path ?? join(dir.path, "leases");
+  const result = await runFitha(["lease", "format", "--path", path, "--hosts", "8", "--slots", String(options.slots ?? 8), "--max-io-timeout-ms", "1000", "--kill-budget-ms", "2000"]);
   if (result.exitCode !== 0) throw new Error(`fitha lease format: exit ${result.exitCode}: ${result.stderr}`);
 }
 

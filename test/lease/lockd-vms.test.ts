@@ -1,24 +1,26 @@
 /**
  * lockd protecting real (test-driver) VMs, as real processes: a private libvirtd holds the VMs,
  * so they outlive lockd exactly as qemu processes outlive it on a compute host. T = 0.5 s:
- * renewal every 1 s, fencing at 3.5 s, renewal-fail at 4 s after the last renewal start.
+ * question at 2 s, fencing at 3.5 s, renewal-fail at 4 s after the last renewal start.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { clockBoottimeMs } from "../../ffi/libc.ts";
 import { DirectDevice } from "../../src/lease/direct-device.ts";
 import { layout, slotOffset } from "../../src/lease/layout.ts";
 import { encodeRecord } from "../../src/lease/records.ts";
 import { requestLockd } from "../../src/lockd/client.ts";
+import type { LockdEvent } from "../../src/lockd/protocol.ts";
 import { LibvirtHypervisor } from "../../src/virt/libvirt-hypervisor.ts";
+import { attachLoop, createBlkioCgroup, removeLeftovers } from "../helpers/block-device.ts";
 import { fithaBinary, runFitha } from "../helpers/fitha.ts";
+import { formatLeaseFile, killStartedLockds, lockdHost, startLockd, testIoTimeoutS, type LockdHost } from "../helpers/lockd.ts";
 import { domainXml, startLibvirtd, type LocalLibvirtd } from "../helpers/libvirtd.ts";
-import { tempDir, type TempDir } from "../helpers/tmp.ts";
+import { tempDir } from "../helpers/tmp.ts";
 
-const ioTimeoutS = 0.5;
 const slots = 64;
-const started = new Set<Bun.Subprocess>();
+const watchdogs = new Set<Bun.Subprocess>();
 let libvirtd: LocalLibvirtd;
 let hypervisor: LibvirtHypervisor;
 
@@ -29,72 +31,35 @@ beforeAll(async () => {
 afterAll(async () => {
   await hypervisor.close();
   await libvirtd.stop();
+  await removeLeftovers();
 });
 afterEach(async () => {
-  for (const child of started) {
-    child.kill("SIGCONT");
+  await killStartedLockds();
+  for (const child of watchdogs) {
     child.kill("SIGKILL");
     await child.exited;
   }
-  started.clear();
+  watchdogs.clear();
   for (const domain of await hypervisor.listDomains()) {
     if (domain.state === "running") await hypervisor.destroy(domain.name);
     await hypervisor.undefine(domain.name);
   }
 });
 
-interface Setup {
-  dir: TempDir;
-  leaseFile: string;
-  socket: string;
-  stateDir: string;
-  lockdArgs: string[];
-}
-
-async function setup(label: string): Promise<Setup> {
-  const dir = await tempDir(label);
-  const leaseFile = join(dir.path, "leases");
-  const format = await runFitha(["lease", "format", "--path", leaseFile, "--hosts", "4", "--slots", String(slots), "--max-io-timeout-ms", "1000", "--kill-budget-ms", "2000"]);
-  expect(format.exitCode).toBe(0);
-  const socket = join(dir.path, "run", "lockd.sock");
-  const stateDir = join(dir.path, "state");
-  const lockdArgs = ["lockd", "--lease-file", leaseFile, "--host-id", "1", "--host", "host-1", "--socket", socket, "--state-dir", stateDir, "--hypervisor", libvirtd.uri, "--io-timeout", String(ioTimeoutS), "--log-format", "json"];
-  return { dir, leaseFile, socket, stateDir, lockdArgs };
-}
-
-function spawn(args: readonly string[]): Bun.Subprocess<"ignore", "ignore", "pipe"> {
-  const child = Bun.spawn([fithaBinary, ...args], { stdin: "ignore", stdout: "ignore", stderr: "pipe", env: { PATH: "/usr/bin:/bin" } });
-  started.add(child);
-  return child;
-}
-
-/** Starts lockd and waits (bounded) until it answers on its socket. */
-async function startLockd(s: Setup): Promise<Bun.Subprocess<"ignore", "ignore", "pipe">> {
-  const child = spawn(s.lockdArgs);
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    const reply = await requestLockd(s.socket, { op: "status" }, 2_000).catch(() => undefined);
-    if (reply?.ok === true) return child;
-    if (child.exitCode !== null) throw new Error(`lockd exited ${child.exitCode}: ${await new Response(child.stderr).text()}`);
-    if (Date.now() > deadline) throw new Error(`lockd did not answer on ${s.socket}`);
-    await Bun.sleep(50);
-  }
-}
-
-async function status(s: Setup): Promise<{ started_by: string; phase: string; leases: Array<{ vm: string; slot: number }>; fenced: unknown }> {
-  const reply = await requestLockd(s.socket, { op: "status" }, 5_000);
+async function status(h: LockdHost): Promise<{ started_by: string; phase: string; leases: Array<{ vm: string; slot: number }>; fenced: unknown }> {
+  const reply = await requestLockd(h.socket, { op: "status" }, 5_000);
   expect(reply.ok).toBe(true);
   return (reply as unknown as { status: Awaited<ReturnType<typeof status>> }).status;
 }
 
 /** Defines and starts `count` VMs and takes their leases (slot i for vm-i) through lockd. */
-async function vmsWithLeases(s: Setup, count: number): Promise<string[]> {
+async function vmsWithLeases(h: LockdHost, count: number): Promise<string[]> {
   const names = Array.from({ length: count }, (_, i) => `vm-${String(i).padStart(2, "0")}`);
   for (const name of names) {
     await hypervisor.define(domainXml(name));
     await hypervisor.start(name);
   }
-  const replies = await Promise.all(names.map((vm, slot) => requestLockd(s.socket, { op: "acquire", vm, slot }, 30_000)));
+  const replies = await Promise.all(names.map((vm, slot) => requestLockd(h.socket, { op: "acquire", vm, slot }, 30_000)));
   for (const reply of replies) expect(reply).toMatchObject({ ok: true });
   return names;
 }
@@ -115,46 +80,49 @@ async function eventually(condition: () => Promise<boolean>, timeoutMs: number, 
 
 describe("lockd with VMs", () => {
   test("kill -9 with 50 leases, restart within the window: all 50 VMs keep running; after 5 were taken meanwhile, exactly those 5 are destroyed", async () => {
-    const s = await setup("lockd-vms-restart");
-    await using _dir = s.dir;
-    const first = await startLockd(s);
-    const vms = await vmsWithLeases(s, 50);
+    await using dir = await tempDir("lockd-vms-restart");
+    await formatLeaseFile(dir, { slots });
+    const h = lockdHost(dir, 1, { hypervisor: libvirtd.uri });
+    const first = await startLockd(h);
+    const vms = await vmsWithLeases(h, 50);
     first.kill("SIGKILL");
     await first.exited;
-    const second = await startLockd(s);
-    expect(await status(s)).toMatchObject({ started_by: "resumed", phase: "ok" });
-    expect((await status(s)).leases).toHaveLength(50);
+    const second = await startLockd(h);
+    expect(await status(h)).toMatchObject({ started_by: "resumed", phase: "ok" });
+    expect((await status(h)).leases).toHaveLength(50);
     // Through several renewals and the re-validation after the resume: nothing stopped.
-    await Bun.sleep(3 * 2 * ioTimeoutS * 1000);
+    await Bun.sleep(3 * 2 * testIoTimeoutS * 1000);
     expect(await running()).toEqual(vms);
-    expect((await status(s)).leases).toHaveLength(50);
+    expect((await status(h)).leases).toHaveLength(50);
 
     second.kill("SIGKILL");
     await second.exited;
     // Behind lockd's back (as a broken peer or a forced release would): host 2 now holds slots 0..4.
-    const l = layout({ sectorSize: 512, hosts: 4, slots });
-    const device = await DirectDevice.open(s.leaseFile);
+    const l = layout({ sectorSize: 512, hosts: 8, slots });
+    const device = await DirectDevice.open(join(dir.path, "leases"));
     try {
       const taken = vms.slice(0, 5).map((vm, slot) => ({ kind: "write" as const, offset: slotOffset(l, slot), data: encodeRecord({ kind: "leader", slot, lver: 9, ownerHostId: 2, ownerGeneration: 1, state: "held", resource: vm }, 512) }));
       await device.io(taken, 5_000);
     } finally {
       await device.close();
     }
-    await startLockd(s);
-    expect(await status(s)).toMatchObject({ started_by: "resumed" });
-    await eventually(async () => (await status(s)).leases.length === 45, 10_000, "re-validation drops the 5 taken leases");
+    await startLockd(h);
+    expect(await status(h)).toMatchObject({ started_by: "resumed" });
+    await eventually(async () => (await status(h)).leases.length === 45, 10_000, "re-validation drops the 5 taken leases");
     expect(await running()).toEqual(vms.slice(5));
     for (const vm of vms.slice(0, 5)) expect((await hypervisor.lookup(vm))?.state).toBe("shutoff");
   }, 90_000);
 
   test("SIGSTOP lockd past renewal-fail: the watchdog destroys the VMs at validUntil; after SIGCONT lockd does not act as owner", async () => {
-    const s = await setup("lockd-vms-watchdog");
-    await using _dir = s.dir;
-    const lockd = await startLockd(s);
-    const watchdog = spawn(["watchdog", "--state-dir", s.stateDir, "--hypervisor", libvirtd.uri, "--log-format", "json"]);
-    const vms = await vmsWithLeases(s, 3);
+    await using dir = await tempDir("lockd-vms-watchdog");
+    await formatLeaseFile(dir);
+    const h = lockdHost(dir, 1, { hypervisor: libvirtd.uri });
+    const lockd = await startLockd(h);
+    const watchdog = Bun.spawn([fithaBinary, "watchdog", "--state-dir", h.stateDir, "--hypervisor", libvirtd.uri, "--log-format", "json"], { stdin: "ignore", stdout: "ignore", stderr: "pipe" });
+    watchdogs.add(watchdog);
+    const vms = await vmsWithLeases(h, 3);
     lockd.kill("SIGSTOP");
-    const state = JSON.parse(await readFile(join(s.stateDir, "state.json"), "utf8")) as { validUntilMs: number; leases: unknown[] };
+    const state = JSON.parse(await readFile(join(h.stateDir, "state.json"), "utf8")) as { validUntilMs: number; leases: unknown[] };
     expect(state.leases).toHaveLength(3);
     const fireInMs = state.validUntilMs - clockBoottimeMs();
     expect(fireInMs).toBeGreaterThan(0);
@@ -165,9 +133,9 @@ describe("lockd with VMs", () => {
     expect(clockBoottimeMs()).toBeGreaterThanOrEqual(state.validUntilMs);
 
     lockd.kill("SIGCONT");
-    await eventually(async () => (await status(s).catch(() => undefined))?.phase === "failed", 5_000, "lockd sees its lease lost");
-    expect(await status(s)).toMatchObject({ phase: "failed", leases: [] });
-    const acquire = await runFitha(["lease", "acquire", "vm-00", "--slot", "0", "--socket", s.socket]);
+    await eventually(async () => (await status(h).catch(() => undefined))?.phase === "failed", 5_000, "lockd sees its lease lost");
+    expect(await status(h)).toMatchObject({ phase: "failed", leases: [] });
+    const acquire = await runFitha(["lease", "acquire", "vm-00", "--slot", "0", "--socket", h.socket]);
     expect(acquire.exitCode).toBe(1);
     expect(acquire.stderr).toContain("the host lease is not valid");
     expect(await running()).toEqual([]);
@@ -176,4 +144,81 @@ describe("lockd with VMs", () => {
     const log = await new Response(watchdog.stderr).text();
     expect(log).toContain("lockd did not renew in time: stopping the VMs under its leases");
   }, 60_000);
+
+  test("storage hangs for lockd alone (blkio throttle): question at renewal-warn; answer fence → VMs destroyed before renewal-fail", async () => {
+    await hungStorage(async ({ h, vms, question, hungAtMs }) => {
+      expect(question).toMatchObject({ question: 1, vms });
+      const answer = await runFitha(["lease", "answer", String(question.question), "fence", "--socket", h.socket]);
+      expect(answer).toMatchObject({ exitCode: 0, stdout: `question ${question.question}: answered fence\n` });
+      await eventually(async () => (await running()).length === 0, 1_000, "fencing after the answer");
+      // Renewal-fail is at most 4 s after the hang began (the last renewal started before it).
+      expect(Date.now() - hungAtMs).toBeLessThan(8 * testIoTimeoutS * 1000);
+      expect(await status(h)).toMatchObject({ leases: [], fenced: { vms, failed: [] } });
+    });
+  }, 60_000);
+
+  test("storage hangs for lockd alone: answer no-fence → VMs kept past renewal-fail; storage back → renewed, all leases re-validated and kept", async () => {
+    await hungStorage(async ({ h, vms, question, release }) => {
+      await runFitha(["lease", "answer", String(question.question), "no-fence", "--socket", h.socket]);
+      await eventually(async () => (await status(h)).phase === "grace", 5_000, "past renewal-fail on the grace");
+      expect(await running()).toEqual(vms);
+      await release();
+      await eventually(async () => (await status(h)).phase === "ok", 5_000, "renewed once storage is back");
+      expect(await status(h)).toMatchObject({ fenced: null, leases: vms.map((vm) => ({ vm })) });
+      expect(await running()).toEqual(vms);
+    });
+  }, 60_000);
 });
+
+interface HungStorage {
+  h: LockdHost;
+  vms: string[];
+  question: Extract<LockdEvent, { event: "question" }>;
+  /** Date.now() when the hang began. */
+  hungAtMs: number;
+  /** Ends the hang: lockd's I/O goes through again. */
+  release(): Promise<void>;
+}
+
+/**
+ * lockd on a loop device, 3 VMs under its leases, a subscriber on its socket; then every I/O of
+ * lockd's to the device hangs until `release` (or the end). Runs `body` once the question came.
+ */
+async function hungStorage(body: (hung: HungStorage) => Promise<void>): Promise<void> {
+  await using cleanup = new AsyncDisposableStack();
+  const dir = cleanup.use(await tempDir("lockd-vms-hang"));
+  const image = join(dir.path, "lun.img");
+  await writeFile(image, new Uint8Array(1024 * 1024));
+  const loop = cleanup.use(await attachLoop(image));
+  await formatLeaseFile(dir, { path: loop.path });
+  const h = lockdHost(dir, 1, { hypervisor: libvirtd.uri, leaseFile: loop.path });
+  const lockd = await startLockd(h);
+  const cgroup = cleanup.use(await createBlkioCgroup("lockd-hang"));
+  // Disposed in reverse: the hang ends first (hung I/O completes), then lockd dies, then the cgroup goes.
+  cleanup.defer(killStartedLockds);
+  cleanup.defer(() => cgroup.release(loop.majorMinor));
+  const vms = await vmsWithLeases(h, 3);
+  const events: LockdEvent[] = [];
+  let buffered = "";
+  const subscriber = await Bun.connect({
+    unix: h.socket,
+    socket: {
+      data(_socket, chunk) {
+        buffered += chunk.toString();
+        for (let newline = buffered.indexOf("\n"); newline >= 0; newline = buffered.indexOf("\n")) {
+          const message = JSON.parse(buffered.slice(0, newline)) as LockdEvent | { id: number };
+          buffered = buffered.slice(newline + 1);
+          if ("event" in message) events.push(message);
+        }
+      },
+    },
+  });
+  cleanup.defer(() => void subscriber.end());
+  subscriber.write(`${JSON.stringify({ id: 1, op: "subscribe" })}\n`);
+  await cgroup.addProcess(lockd.pid);
+  await cgroup.hang(loop.majorMinor);
+  const hungAtMs = Date.now();
+  await eventually(async () => events.some((e) => e.event === "question"), 6_000, "a fencing question at renewal-warn");
+  const question = events.find((e): e is Extract<LockdEvent, { event: "question" }> => e.event === "question")!;
+  await body({ h, vms, question, hungAtMs, release: () => cgroup.release(loop.majorMinor) });
+}

@@ -138,9 +138,25 @@ const statusCommand = defineCommand({
   },
 });
 
+const answerCommand = defineCommand({
+  meta: { description: "Answer lockd's fencing question N: fence (stop the VMs now) or no-fence (keep them on a grace; see src/lockd/README.md for what that vouches for)" },
+  args: {
+    question: { type: "positional", required: true, description: "The question's number (fitha lease status shows it)" },
+    answer: { type: "positional", required: true, description: "fence or no-fence" },
+    ...socketArg,
+    ...logArgs,
+  },
+  async run({ args }) {
+    if (args.answer !== "fence" && args.answer !== "no-fence") throw new UsageError(`lease answer: the answer must be fence or no-fence, not "${args.answer}"`);
+    const question = integerArg("QUESTION", args.question, 0);
+    await askLockd(args.socket ?? defaultSocketPath, { op: "answer", question, answer: args.answer }, requestTimeoutMs);
+    printLines(`question ${question}: answered ${args.answer}`);
+  },
+});
+
 export const leaseCommand = defineCommand({
   meta: { description: "Leases: format and inspect lease files; acquire, release and inspect VM leases through lockd" },
-  subCommands: { format: formatCommand, dump: dumpCommand, acquire: acquireCommand, release: releaseCommand, inquire: inquireCommand, status: statusCommand },
+  subCommands: { format: formatCommand, dump: dumpCommand, acquire: acquireCommand, release: releaseCommand, inquire: inquireCommand, status: statusCommand, answer: answerCommand },
 });
 
 interface LockdStatus {
@@ -151,6 +167,10 @@ interface LockdStatus {
   phase: string;
   lost_reason: string | null;
   last_renewal_age_ms: number;
+  valid_for_ms: number;
+  grace_for_ms: number | null;
+  question: { id: number; age_ms: number; answer_within_ms: number; answer: string | null } | null;
+  fenced: { age_ms: number; reason: string; vms: string[]; failed: string[] } | null;
   timeline: Record<string, number>;
   leases: Array<{ slot: number; vm: string; lver: number }>;
   hosts: Array<{ host_id: number; host_name: string | null; generation: number | null; state: string; silent_ms: number | null }>;
@@ -159,7 +179,11 @@ interface LockdStatus {
 function renderStatus(s: LockdStatus): string[] {
   return [
     `host "${s.host_name}" (host id ${s.host_id}, generation ${s.generation}, ${s.started_by})`,
-    `host lease: ${s.phase}${s.lost_reason ? ` (${s.lost_reason})` : ""}, last renewal ${s.last_renewal_age_ms} ms ago (warn at ${s.timeline["renewal_warn_ms"]}, fail at ${s.timeline["renewal_fail_ms"]})`,
+    `host lease: ${s.phase}${s.lost_reason ? ` (${s.lost_reason})` : ""}, last renewal ${s.last_renewal_age_ms} ms ago (warn at ${s.timeline["renewal_warn_ms"]}, fail at ${s.timeline["renewal_fail_ms"]}), valid for ${s.valid_for_ms} ms${s.grace_for_ms === null ? "" : ` (no-fence grace: ${s.grace_for_ms} ms left)`}`,
+    ...(s.question === null
+      ? []
+      : [`fencing question ${s.question.id}, asked ${s.question.age_ms} ms ago: ${s.question.answer ?? `unanswered; fencing in ${s.question.answer_within_ms} ms unless answered (fitha lease answer ${s.question.id} fence|no-fence)`}`]),
+    ...(s.fenced === null ? [] : [`fenced ${s.fenced.age_ms} ms ago (${s.fenced.reason}): ${s.fenced.vms.join(", ") || "no VMs"}${s.fenced.failed.length > 0 ? `; STILL RUNNING: ${s.fenced.failed.join(", ")}` : ""}`]),
     "",
     ...table("VM leases held", "none", ["SLOT", "VM", "LVER"], s.leases.map((l) => [String(l.slot), l.vm, String(l.lver)])),
     "",
