@@ -12,11 +12,12 @@
  * libvirt keeps its last error per thread and reports it to one process-wide handler, called by
  * the public function that failed on its caller's thread. This module replaces libvirt's default
  * handler, which prints every error on stderr (also those fitha expects and handles, such as a
- * lookup of a domain that is not there), by a no-op. The no-op is a JavaScript callback bound to
- * the thread that loaded the library: call this module from one thread only (any one, a Worker
- * included).
+ * lookup of a domain that is not there), by a native no-op that any thread may call: this module
+ * works on any thread, several at once included (src/virt/worker-hypervisor.ts runs it in
+ * Workers, and replaces one that hangs while the hung one is still inside libvirt). A Connection
+ * is used by one thread at a time.
  */
-import { CString, dlopen, JSCallback, read, type Library, type Pointer } from "bun:ffi";
+import { CString, dlopen, read, type Library, type Pointer } from "bun:ffi";
 import { SystemLibraryMissingError, systemLibraryPath } from "./system-library.ts";
 
 const libraryName = "libvirt.so.0";
@@ -47,11 +48,11 @@ const symbols = {
   // libvirt documents that the strings and arrays it returns are released with free(); dlsym on
   // libvirt's handle finds the C library's, which libvirt itself links against.
   free: { args: ["ptr"], returns: "void" },
+  // The C library's too: finds the no-op error handler (silenceErrors).
+  dlsym: { args: ["ptr", "ptr"], returns: "ptr" },
 } as const;
 
 let library: Library<typeof symbols> | undefined;
-/** Kept for the life of the process: libvirt holds its address as the error handler. */
-let silentErrorHandler: JSCallback | undefined;
 
 /** libvirt.so.0 could not be loaded: it is not installed, or not the version fitha needs. */
 export class LibvirtLoadError extends Error {
@@ -71,12 +72,30 @@ function libvirt() {
     } catch (error) {
       throw new LibvirtLoadError(error);
     }
-    silentErrorHandler = new JSCallback(() => {}, { args: ["ptr", "ptr"], returns: "void" });
-    opened.symbols.virSetErrorFunc(null, silentErrorHandler.ptr);
-    opened.symbols.xmlSetGenericErrorFunc(null, silentErrorHandler.ptr);
+    silenceErrors(opened);
     library = opened;
   }
   return library.symbols;
+}
+
+/** dlsym's RTLD_DEFAULT: the program and the libraries it was linked with (the C library among them). */
+const RTLD_DEFAULT = null;
+
+/**
+ * Makes libvirt and libxml2 report errors to a handler that prints nothing: C's getpid, which
+ * takes no argument and changes nothing, so it ignores those it is called with (on x86_64 they are
+ * passed in registers, and the caller pops any it pushed). It must be native code, not a
+ * JSCallback: libvirt keeps one handler for the whole process and calls it on whichever thread
+ * failed, and a JSCallback may only run on the thread that made it, while that thread lives. With
+ * a JSCallback per thread, a libvirt error on the main thread after a Worker that had loaded this
+ * module ended crashed the process (a segfault in Bun). libxml2 keeps its handler per thread:
+ * each thread that loads this module sets its own.
+ */
+function silenceErrors(opened: Library<typeof symbols>): void {
+  const noop = returned(opened.symbols.dlsym(RTLD_DEFAULT, cString("getpid", "symbol name")));
+  if (noop === null) throw new LibvirtLoadError("the C library's getpid was not found");
+  opened.symbols.virSetErrorFunc(null, noop);
+  opened.symbols.xmlSetGenericErrorFunc(null, noop);
 }
 
 /** virErrorNumber values fitha tells apart (libvirt/virterror.h). */

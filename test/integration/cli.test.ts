@@ -20,7 +20,7 @@ describe("fitha (built binary)", () => {
   });
 
   test("every command has --help", async () => {
-    for (const words of [["version"], ["config"], ["config", "check"], ["status"], ["lease"], ["lease", "format"], ["lease", "dump"], ["lease", "acquire"], ["lease", "release"], ["lease", "inquire"], ["lease", "status"], ["lockd"], ["watchdog"], ["hook"], ["hook", "qemu"], ["hook", "install"]]) {
+    for (const words of [["version"], ["config"], ["config", "check"], ["status"], ["lease"], ["lease", "format"], ["lease", "dump"], ["lease", "acquire"], ["lease", "release"], ["lease", "inquire"], ["lease", "status"], ["lease", "answer"], ["lockd"], ["watchdog"], ["hook"], ["hook", "qemu"], ["hook", "install"]]) {
       const { exitCode, stdout } = await runFitha([...words, "--help"]);
       expect({ words, exitCode }).toEqual({ words, exitCode: 0 });
       expect(stdout).toContain(`Usage: fitha ${words.join(" ")}`);

@@ -1,17 +1,31 @@
 /**
  * The Hypervisor contract, checked the same way on libvirt (its in-process test driver,
- * test:///default, through bun:ffi) and on MemoryHypervisor, so that tests and the simulator
- * running on the in-memory one see what a real libvirt does.
+ * test:///default, through bun:ffi), on libvirt from a worker thread (WorkerHypervisor, also
+ * through a private libvirtd) and on MemoryHypervisor, so that tests and the simulator running on
+ * the in-memory one see what a real libvirt does.
  */
-import { describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { HypervisorError, isUuid, type Hypervisor, type HypervisorErrorKind, type HypervisorOperation } from "../../src/virt/hypervisor.ts";
 import { LibvirtHypervisor } from "../../src/virt/libvirt-hypervisor.ts";
 import { MemoryHypervisor } from "../../src/virt/memory-hypervisor.ts";
-import { domainXml } from "../helpers/libvirtd.ts";
+import { WorkerHypervisor } from "../../src/virt/worker-hypervisor.ts";
+import { domainXml, startLibvirtd, type LocalLibvirtd } from "../helpers/libvirtd.ts";
+
+// One daemon for the file: its test driver's state outlives each connection, so every test
+// removes the domains it made.
+let daemon: LocalLibvirtd | undefined;
+beforeAll(async () => {
+  daemon = await startLibvirtd();
+});
+afterAll(async () => {
+  await daemon?.stop();
+});
 
 const implementations: [string, () => Promise<Hypervisor>][] = [
   // test:///default's state lives as long as one connection to it does: each test opens its own.
   ["libvirt test:///default", () => LibvirtHypervisor.open("test:///default")],
+  ["WorkerHypervisor test:///default", () => WorkerHypervisor.open("test:///default")],
+  ["WorkerHypervisor via libvirtd", () => WorkerHypervisor.open(daemon!.uri)],
   ["MemoryHypervisor", async () => new MemoryHypervisor({ uri: "memory:///contract" })],
 ];
 

@@ -15,7 +15,7 @@ import { fileStateStore } from "../../lockd/state-file.ts";
 import { serveSocket } from "../../lockd/socket-server.ts";
 import { logger } from "../../log.ts";
 import { HypervisorError } from "../../virt/hypervisor.ts";
-import { LibvirtHypervisor } from "../../virt/libvirt-hypervisor.ts";
+import { WorkerHypervisor } from "../../virt/worker-hypervisor.ts";
 import { logArgs } from "../args.ts";
 
 const log = logger("lockd");
@@ -50,9 +50,11 @@ export const lockdCommand = defineCommand({
     const hypervisorUri = args.hypervisor ?? "qemu:///system";
     const socketGroupId = args["socket-group"] === undefined ? undefined : await groupId(args["socket-group"]);
     // Without a hypervisor lockd could not fence: it must not hold any lease then.
-    let hypervisor: LibvirtHypervisor;
+    let hypervisor: WorkerHypervisor;
     try {
-      hypervisor = await LibvirtHypervisor.open(hypervisorUri);
+      // In a Worker, each call bounded: a hung libvirtd must not stop the renewals, and fencing
+      // (from validUntil − T) gets a verdict on each call within T.
+      hypervisor = await WorkerHypervisor.open(hypervisorUri, { callTimeoutMs: Math.max(1_000, ioTimeoutMs) });
     } catch (error) {
       if (error instanceof HypervisorError) throw new FithaError(`lockd: ${error.message} (fencing needs it; see --hypervisor)`);
       throw error;

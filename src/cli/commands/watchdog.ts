@@ -5,7 +5,7 @@ import { fileStateStore } from "../../lockd/state-file.ts";
 import { Watchdog, type WatchdogCheck } from "../../lockd/watchdog.ts";
 import { logger } from "../../log.ts";
 import { HypervisorError } from "../../virt/hypervisor.ts";
-import { LibvirtHypervisor } from "../../virt/libvirt-hypervisor.ts";
+import { WorkerHypervisor } from "../../virt/worker-hypervisor.ts";
 import { logArgs } from "../args.ts";
 
 const log = logger("watchdog");
@@ -25,9 +25,10 @@ export const watchdogCommand = defineCommand({
     }
     const stateDir = args["state-dir"] ?? "/var/lib/fitha/lockd";
     const uri = args.hypervisor ?? "qemu:///system";
-    let hypervisor: LibvirtHypervisor;
+    let hypervisor: WorkerHypervisor;
     try {
-      hypervisor = await LibvirtHypervisor.open(uri);
+      // In a Worker with a deadline per call: a hung libvirtd delays the polls only that long.
+      hypervisor = await WorkerHypervisor.open(uri, { callTimeoutMs: 10_000 });
     } catch (error) {
       if (error instanceof HypervisorError) throw new FithaError(`watchdog: ${error.message} (the watchdog stops VMs through it; see --hypervisor)`);
       throw error;
