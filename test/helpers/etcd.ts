@@ -4,6 +4,7 @@
  * the kernel if the process that started it dies (setpriv --pdeathsig), so no test run leaves
  * an etcd behind even when it crashes.
  */
+import { terminate } from "./terminate.ts";
 import { tempDir, type TempDir } from "./tmp.ts";
 import { join } from "node:path";
 import { readFile, rm } from "node:fs/promises";
@@ -75,12 +76,7 @@ async function tryStart(name: string, dir: TempDir, startTimeoutMs: number): Pro
   );
   running.add(child);
   const stop = once(async () => {
-    child.kill("SIGTERM");
-    const exited = await Promise.race([child.exited.then(() => true), Bun.sleep(stopTimeoutMs).then(() => false)]);
-    if (!exited) {
-      child.kill("SIGKILL");
-      await child.exited;
-    }
+    await terminate(child, stopTimeoutMs);
     running.delete(child);
     await dir.remove();
   });

@@ -11,6 +11,7 @@
  * Stopped and removed by `stop()` or `await using`, and killed by the kernel if the process that
  * started it dies (setpriv --pdeathsig). Also: domain XML for the test driver.
  */
+import { terminate } from "./terminate.ts";
 import { chown, mkdir, readFile, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
@@ -84,12 +85,7 @@ export async function startLibvirtd(options: { startTimeoutMs?: number } = {}): 
   let stopping: Promise<void> | undefined;
   const stop = () =>
     (stopping ??= (async () => {
-      child.kill("SIGTERM");
-      const exited = await Promise.race([child.exited.then(() => true), Bun.sleep(stopTimeoutMs).then(() => false)]);
-      if (!exited) {
-        child.kill("SIGKILL");
-        await child.exited;
-      }
+      await terminate(child, stopTimeoutMs);
       running.delete(child);
       await dir.remove();
     })());
