@@ -25,9 +25,10 @@ import { CorruptionError } from "../lease/records.ts";
 import { IoError, type SectorDevice } from "../lease/sector-device.ts";
 import { logger } from "../log.ts";
 import type { Hypervisor } from "../virt/hypervisor.ts";
+import type { VmProcessKiller } from "../virt/qemu-processes.ts";
 import type { Answer, LockdEvent, Reply, Request } from "./protocol.ts";
 import { StateFileError, stateFormatVersion, type HeldLease, type LockdState, type StateStore } from "./state-file.ts";
-import { stopVms } from "./vm-fencing.ts";
+import { stopVms, type FencingTools } from "./vm-fencing.ts";
 
 const log = logger("lockd");
 
@@ -54,6 +55,8 @@ export interface LockdEnvironment {
    * this thread (WorkerHypervisor in production) and must each be bounded well within T.
    */
   readonly hypervisor: Hypervisor;
+  /** When the hypervisor cannot stop a VM: kills its process (qemuProcessKiller in production). */
+  readonly killer?: VmProcessKiller;
 }
 
 export interface FenceRecord {
@@ -154,7 +157,7 @@ export class LockDaemon {
       // Those leases may be another host's by now (or soon): what runs under them must not go on.
       // Stopped before this lockd serves anything, so no new lease is granted while they run.
       if (orphaned.length > 0) {
-        const outcome = await stopVms(env.hypervisor, orphaned.map((l) => l.resource), env.clock, options.ioTimeoutMs / 4);
+        const outcome = await stopVms(fencingTools(env, options.ioTimeoutMs), orphaned.map((l) => l.resource));
         log.error("stopped the VMs of the previous incarnation's lost leases", { stopped: outcome.stopped, failed: outcome.failed });
       }
       const daemon = new LockDaemon(options, env, lease, leaseDevice, held, startedBy);
@@ -423,7 +426,7 @@ export class LockDaemon {
     const leases = [...this.#leases.values()];
     const vms = leases.map((l) => l.resource);
     log.error("fencing: stopping the VMs under our leases", { reason, vms });
-    const outcome = await stopVms(this.env.hypervisor, vms, this.env.clock, this.lease.timeline.ioTimeoutMs / 4);
+    const outcome = await stopVms(fencingTools(this.env, this.lease.timeline.ioTimeoutMs), vms);
     const failed = new Set(outcome.failed.map((f) => f.vm));
     for (const lease of leases) if (!failed.has(lease.resource)) this.#leases.delete(lease.slot);
     this.#fenced = { atMs: this.env.clock.nowMs(), reason, vms, failed: [...failed] };
@@ -467,7 +470,7 @@ export class LockDaemon {
     log.info("re-validated the held leases", { why, held: this.#leases.size, taken: taken.length, unreadable });
     if (taken.length === 0) return;
     for (const { lease, holder } of taken) log.error("VM lease no longer ours: stopping its VM", { vm: lease.resource, slot: lease.slot, now_held_by: holder });
-    const outcome = await stopVms(this.env.hypervisor, taken.map((t) => t.lease.resource), this.env.clock, this.lease.timeline.ioTimeoutMs / 4);
+    const outcome = await stopVms(fencingTools(this.env, this.lease.timeline.ioTimeoutMs), taken.map((t) => t.lease.resource));
     const failed = new Set(outcome.failed.map((f) => f.vm));
     // Forgotten even when its VM would not stop: the lease is someone else's, ours to release never.
     for (const { lease } of taken) this.#leases.delete(lease.slot);
@@ -540,6 +543,11 @@ async function readPrevious(options: LockdOptions, env: LockdEnvironment): Promi
     return { state, resumable: false };
   }
   return { state, resumable: true };
+}
+
+/** Destroy attempts T/4 apart: three of them and a check fit in the T before validUntil. */
+function fencingTools(env: LockdEnvironment, ioTimeoutMs: number): FencingTools {
+  return { hypervisor: env.hypervisor, clock: env.clock, retryDelayMs: ioTimeoutMs / 4, ...(env.killer === undefined ? {} : { killer: env.killer }) };
 }
 
 function errorReply(id: number, error: unknown): Reply {

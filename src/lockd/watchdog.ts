@@ -19,6 +19,7 @@
 import type { Clock } from "../core/clock.ts";
 import { logger } from "../log.ts";
 import type { Hypervisor } from "../virt/hypervisor.ts";
+import type { VmProcessKiller } from "../virt/qemu-processes.ts";
 import { StateFileError, type LockdState, type StateStore } from "./state-file.ts";
 import { stopVms } from "./vm-fencing.ts";
 
@@ -29,6 +30,8 @@ export interface WatchdogEnvironment {
   readonly store: StateStore;
   readonly hypervisor: Hypervisor;
   readonly bootId: string;
+  /** When the hypervisor cannot stop a VM (libvirtd hung too): kills its process. */
+  readonly killer?: VmProcessKiller;
 }
 
 /** What one look at the state found. */
@@ -73,7 +76,8 @@ export class Watchdog {
     const vms = state.leases.map((l) => l.resource).filter((vm) => !stoppedFor.vms.has(vm));
     if (vms.length === 0) return { state: "fired", stopped: [], failed: [] };
     log.error("lockd did not renew in time: stopping the VMs under its leases", { late_ms: Math.round(nowMs - state.validUntilMs), lockd_pid: state.pid, vms });
-    const outcome = await stopVms(this.env.hypervisor, vms, this.env.clock, state.incarnation.ioTimeoutMs / 4);
+    const { hypervisor, clock, killer } = this.env;
+    const outcome = await stopVms({ hypervisor, clock, retryDelayMs: state.incarnation.ioTimeoutMs / 4, ...(killer === undefined ? {} : { killer }) }, vms);
     for (const vm of outcome.stopped) stoppedFor.vms.add(vm);
     return { state: "fired", stopped: outcome.stopped, failed: outcome.failed.map((f) => f.vm) };
   }

@@ -65,9 +65,11 @@ export type HypervisorOperation = DomainOperation | ConnectionOperation;
  * What kind of failure, for callers that handle some: "no-domain" (nothing by that name or UUID),
  * "invalid-state" (refused in the domain's current state: destroy of a domain that is not running;
  * start of a running one, except on libvirt's test driver, which calls that an internal error),
- * "failed" (anything else).
+ * "unanswered" (no answer in time, or the connection was given up on after too many such: the
+ * operation may or may not have taken effect, and the hypervisor may be hung), "failed"
+ * (anything else).
  */
-export type HypervisorErrorKind = "no-domain" | "invalid-state" | "failed";
+export type HypervisorErrorKind = "no-domain" | "invalid-state" | "unanswered" | "failed";
 
 const verbs: Record<HypervisorOperation, string> = {
   lookup: "look up",

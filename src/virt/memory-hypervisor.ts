@@ -30,6 +30,8 @@ export interface InjectedFailure {
   readonly times?: number;
   /** The error's detail; default "injected failure". */
   readonly message?: string;
+  /** The error's kind: "failed" (default), or "unanswered" to play a hung hypervisor. */
+  readonly kind?: "failed" | "unanswered";
 }
 
 interface Domain {
@@ -47,6 +49,7 @@ interface PendingFailure {
   readonly target: string;
   remaining: number;
   readonly message: string;
+  readonly kind: "failed" | "unanswered";
 }
 
 const defaultNode: NodeInfo = { cpus: 8, memoryKiB: 16 * 1024 * 1024 };
@@ -142,7 +145,7 @@ export class MemoryHypervisor implements Hypervisor {
   injectFailure(operation: DomainOperation, nameOrUuid: string, failure: InjectedFailure = {}): void {
     const times = failure.times ?? 1;
     if (!(Number.isSafeInteger(times) && times > 0)) throw new RangeError(`injected failure times ${times}`);
-    this.#failures.push({ operation, target: normalized(nameOrUuid), remaining: times, message: failure.message ?? "injected failure" });
+    this.#failures.push({ operation, target: normalized(nameOrUuid), remaining: times, message: failure.message ?? "injected failure", kind: failure.kind ?? "failed" });
   }
 
   /** Forgets every injected failure not yet used. */
@@ -191,7 +194,7 @@ export class MemoryHypervisor implements Hypervisor {
     if (failure === undefined) return;
     failure.remaining -= 1;
     if (failure.remaining === 0) this.#failures = this.#failures.filter((candidate) => candidate !== failure);
-    throw this.#error(operation, domain, "failed", failure.message);
+    throw this.#error(operation, domain, failure.kind, failure.message);
   }
 
   #checkOpen(operation: HypervisorOperation, domain: string | undefined): void {

@@ -228,7 +228,7 @@ export class WorkerHypervisor implements Hypervisor {
     const operation = operations[call.method];
     const domain = "nameOrUuid" in call ? call.nameOrUuid : "xml" in call ? domainIdentity(call.xml).name : undefined;
     if (this.#closing !== undefined) return Promise.reject(new HypervisorError(this.uri, operation, domain, "failed", "the connection is closed"));
-    if (this.#gaveUp !== undefined) return Promise.reject(new HypervisorError(this.uri, operation, domain, "failed", this.#gaveUp));
+    if (this.#gaveUp !== undefined) return Promise.reject(new HypervisorError(this.uri, operation, domain, "unanswered", this.#gaveUp));
     return new Promise((resolve, reject) => {
       const queued: QueuedCall = {
         call,
@@ -243,7 +243,7 @@ export class WorkerHypervisor implements Hypervisor {
       };
       queued.timer = setTimeout(() => {
         const reason = `timed out after ${this.#callTimeoutMs} ms`;
-        this.#fail(queued, new HypervisorError(this.uri, operation, domain, "failed", reason));
+        this.#fail(queued, new HypervisorError(this.uri, operation, domain, "unanswered", reason));
         queued.sentTo?.abandon(reason);
       }, this.#callTimeoutMs);
       this.#queue.push(queued);
@@ -269,7 +269,7 @@ export class WorkerHypervisor implements Hypervisor {
     // It died while idle: nothing was lost with it, and the call can go to a replacement.
     if (idle?.endedBecause !== undefined) this.#abandon(idle, "while idle", idle.endedBecause);
     if (this.#gaveUp !== undefined) {
-      this.#fail(queued, new HypervisorError(this.uri, queued.operation, queued.domain, "failed", this.#gaveUp));
+      this.#fail(queued, new HypervisorError(this.uri, queued.operation, queued.domain, "unanswered", this.#gaveUp));
       return;
     }
     try {
@@ -331,7 +331,7 @@ export class WorkerHypervisor implements Hypervisor {
     this.#gaveUp = `gave up after ${this.#abandonedInARow} libvirt workers in a row were abandoned (the last ${when}: ${reason})`;
     log.error("libvirt worker abandoned, and no more are started: every call fails until the hypervisor is reopened", fields);
     for (const queued of this.#queue.splice(0)) {
-      this.#fail(queued, new HypervisorError(this.uri, queued.operation, queued.domain, "failed", this.#gaveUp));
+      this.#fail(queued, new HypervisorError(this.uri, queued.operation, queued.domain, "unanswered", this.#gaveUp));
     }
   }
 

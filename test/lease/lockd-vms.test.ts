@@ -4,7 +4,7 @@
  * question at 2 s, fencing at 3.5 s, renewal-fail at 4 s after the last renewal start.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { readFile, writeFile } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { clockBoottimeMs } from "../../ffi/libc.ts";
 import { DirectDevice } from "../../src/lease/direct-device.ts";
@@ -34,6 +34,7 @@ afterAll(async () => {
   await removeLeftovers();
 });
 afterEach(async () => {
+  process.kill(libvirtd.pid, "SIGCONT"); // a test that stopped it may have failed before resuming it
   await killStartedLockds();
   for (const child of watchdogs) {
     child.kill("SIGKILL");
@@ -146,6 +147,40 @@ describe("lockd with VMs", () => {
     expect(await watchdog.exited).toBe(0);
     const log = await new Response(watchdog.stderr).text();
     expect(log).toContain("lockd did not renew in time: stopping the VMs under its leases");
+  }, 60_000);
+
+  test("lockd and libvirtd both hung: the watchdog kills the VM's process itself once libvirt does not answer", async () => {
+    await using dir = await tempDir("lockd-vms-hung-libvirt");
+    await formatLeaseFile(dir);
+    const runDir = join(dir.path, "qemu-run");
+    await mkdir(runDir);
+    const h = lockdHost(dir, 1, { hypervisor: libvirtd.uri });
+    const lockd = await startLockd(h);
+    const watchdog = Bun.spawn(
+      [fithaBinary, "watchdog", "--state-dir", h.stateDir, "--hypervisor", libvirtd.uri, "--qemu-run-dir", runDir, "--call-timeout-ms", "500", "--log-format", "json"],
+      { stdin: "ignore", stdout: "ignore", stderr: "pipe" },
+    );
+    watchdogs.add(watchdog);
+    const vm = await hypervisor.define(domainXml("vm-00"));
+    await hypervisor.start(vm.uuid);
+    expect(await requestLockd(h.socket, { op: "acquire", vm: vm.uuid, slot: 0 }, 30_000)).toMatchObject({ ok: true });
+    // What a real qemu of this VM would leave: a process with -uuid in its command line, and libvirt's status file naming its pid.
+    const qemu = Bun.spawn(["sh", "-c", "while :; do sleep 1; done", "qemu-system-x86_64", "-uuid", vm.uuid], { stdin: "ignore", stdout: "ignore", stderr: "ignore" });
+    try {
+      await writeFile(join(runDir, "vm-00.xml"), `<domstatus state='running' pid='${qemu.pid}'>\n  <domain type='kvm'>\n    <name>vm-00</name>\n    <uuid>${vm.uuid}</uuid>\n  </domain>\n</domstatus>\n`);
+      lockd.kill("SIGSTOP");
+      process.kill(libvirtd.pid, "SIGSTOP");
+      const { validUntilMs } = JSON.parse(await readFile(join(h.stateDir, "state.json"), "utf8")) as { validUntilMs: number };
+      const exited = await Promise.race([qemu.exited.then(() => true), Bun.sleep(validUntilMs - clockBoottimeMs() + 5_000).then(() => false)]);
+      expect(exited).toBe(true);
+      expect(clockBoottimeMs()).toBeGreaterThanOrEqual(validUntilMs);
+    } finally {
+      process.kill(libvirtd.pid, "SIGCONT");
+      qemu.kill("SIGKILL");
+    }
+    watchdog.kill("SIGTERM");
+    await watchdog.exited;
+    expect(await new Response(watchdog.stderr).text()).toContain("the hypervisor could not stop a VM: killed its process directly");
   }, 60_000);
 
   test("storage hangs for lockd alone (blkio throttle): question at renewal-warn; answer fence → VMs destroyed before renewal-fail", async () => {

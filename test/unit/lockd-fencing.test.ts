@@ -14,6 +14,7 @@ import { LockDaemon, type LockdEnvironment } from "../../src/lockd/lock-daemon.t
 import type { LockdEvent } from "../../src/lockd/protocol.ts";
 import type { LockdState } from "../../src/lockd/state-file.ts";
 import { MemoryHypervisor } from "../../src/virt/memory-hypervisor.ts";
+import type { KillOutcome, VmProcessKiller } from "../../src/virt/qemu-processes.ts";
 import { MemoryLockspace } from "../helpers/memory-lockspace.ts";
 
 const T = 1_000;
@@ -38,7 +39,7 @@ interface Host {
 }
 
 /** A lockd as host 1 holding leases on `vms` (slots 0..), each VM running in the hypervisor, with a subscriber. */
-async function host(options: { previous?: LockdState; space?: MemoryLockspace; hostId?: number; vms?: readonly string[] } = {}): Promise<Host> {
+async function host(options: { previous?: LockdState; space?: MemoryLockspace; hostId?: number; vms?: readonly string[]; killer?: VmProcessKiller } = {}): Promise<Host> {
   const space = options.space ?? (await MemoryLockspace.create());
   const hostId = options.hostId ?? 1;
   const vms = options.vms ?? defaultVms;
@@ -62,6 +63,7 @@ async function host(options: { previous?: LockdState; space?: MemoryLockspace; h
     installId: hostId.toString(16).padStart(32, "c"),
     store: { name: "memory", read: async () => options.previous, write: async (state) => void persisted.push(state) },
     hypervisor,
+    ...(options.killer === undefined ? {} : { killer: options.killer }),
   };
   const daemon = await space.clock.run(LockDaemon.start({ leaseFile: `leases-${hostId}`, hostId, hostName: `host-${hostId}`, ioTimeoutMs: T, idAllocation: "unique" }, env));
   for (const [slot, vm] of vms.entries()) {
@@ -265,5 +267,29 @@ describe("lockd ask & wait", () => {
     expect(takenAtMs! - (r + 4 * T)).toBeGreaterThanOrEqual(8 * T + 6_000);
     expect(h1.events.find((e) => e.event === "fenced")).toBeDefined();
     await space.clock.run(Promise.all([h1.daemon.stop(), h2.daemon.stop()]));
+  });
+
+  test("escalation: a VM the hypervisor cannot stop has its process killed; a hung hypervisor is not retried first", async () => {
+    const kills: Array<{ vm: string; atMs: number }> = [];
+    let h: Host | undefined;
+    const killer: VmProcessKiller = {
+      kill: async (vm): Promise<KillOutcome> => {
+        kills.push({ vm, atMs: h!.space.clock.nowMs() });
+        return { outcome: "killed", pid: 4242 };
+      },
+    };
+    h = await host({ killer });
+    h.hypervisor.injectFailure("destroy", "vm-a", { times: 3, message: "qemu ignores the monitor" });
+    h.hypervisor.injectFailure("destroy", "vm-b", { times: 1, kind: "unanswered", message: "timed out after 1000 ms" });
+    const r = await hangAfterRenewal(h);
+    await h.advance(r + 7 * T - h.space.clock.nowMs());
+    await h.advance(T / 2);
+    // vm-a: three refused destroys T/4 apart, then the kill; vm-b: one unanswered destroy, then the kill.
+    expect(kills.map((k) => k.vm)).toEqual(["vm-a", "vm-b"]);
+    expect(kills[0]!.atMs).toBe(r + 7 * T + 2 * (T / 4));
+    expect(kills[1]!.atMs).toBe(kills[0]!.atMs);
+    expect(h.daemon.status()).toMatchObject({ leases: [], fenced: { vms, failed: [] } });
+    h.heal();
+    await h.space.clock.run(h.daemon.stop());
   });
 });

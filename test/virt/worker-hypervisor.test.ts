@@ -108,7 +108,7 @@ describe("a hung libvirtd (stopped with SIGSTOP)", () => {
         const ticker = setInterval(() => ticks++, 10);
         const { error, elapsedMs } = await timedFailure(() => hypervisor.lookup("test"));
         clearInterval(ticker);
-        expect(error).toMatchObject({ operation: "lookup", domain: "test", kind: "failed", detail: `timed out after ${callTimeoutMs} ms` });
+        expect(error).toMatchObject({ operation: "lookup", domain: "test", kind: "unanswered", detail: `timed out after ${callTimeoutMs} ms` });
         expect(error.message).toBe(`cannot look up domain "test" on ${daemon!.uri}: timed out after ${callTimeoutMs} ms`);
         expect(elapsedMs).toBeGreaterThanOrEqual(callTimeoutMs - 5);
         expect(elapsedMs).toBeLessThan(callTimeoutMs + latenessMs);
@@ -180,7 +180,7 @@ describe("a hung libvirtd (stopped with SIGSTOP)", () => {
       expect((await timedFailure(() => hypervisor.nodeInfo())).error.detail).toBe(`timed out after ${callTimeoutMs} ms`);
       const gaveUp = `gave up after 2 libvirt workers in a row were abandoned (the last during connect: timed out after ${callTimeoutMs} ms)`;
       const { error, elapsedMs } = await timedFailure(() => hypervisor.xml("test"));
-      expect(error).toMatchObject({ operation: "xml", domain: "test", kind: "failed", detail: gaveUp });
+      expect(error).toMatchObject({ operation: "xml", domain: "test", kind: "unanswered", detail: gaveUp });
       // It may have waited for the connect's own deadline, which ends just after the nodeInfo's.
       expect(elapsedMs).toBeLessThan(200);
       expect(logs.map((line) => [line["level"], line["when"], line["inARow"]])).toEqual([

@@ -15,6 +15,7 @@ import { fileStateStore } from "../../lockd/state-file.ts";
 import { serveSocket } from "../../lockd/socket-server.ts";
 import { logger } from "../../log.ts";
 import { HypervisorError } from "../../virt/hypervisor.ts";
+import { defaultQemuRunDir, qemuProcessKiller } from "../../virt/qemu-processes.ts";
 import { WorkerHypervisor } from "../../virt/worker-hypervisor.ts";
 import { logArgs } from "../args.ts";
 
@@ -35,6 +36,7 @@ export const lockdCommand = defineCommand({
     "socket-group": { type: "string", valueHint: "GROUP", description: "A group (name or id) whose members may use the socket besides root" },
     "state-dir": { type: "string", valueHint: "DIR", description: "Where lockd keeps its state across restarts (default /var/lib/fitha/lockd)" },
     hypervisor: { type: "string", valueHint: "URI", description: "libvirt URI of this host's VMs, which fencing stops (default qemu:///system)" },
+    "qemu-run-dir": { type: "string", valueHint: "DIR", description: `libvirt's qemu status files, to kill a VM's process when libvirt cannot stop it (default ${defaultQemuRunDir})` },
     "io-timeout": { type: "string", valueHint: "SECONDS", description: "I/O timeout T; renewal every 2T, fail at 8T (default 10)" },
     ...logArgs,
   },
@@ -72,6 +74,7 @@ export const lockdCommand = defineCommand({
           installId: await installId(stateDir),
           store: fileStateStore(stateDir),
           hypervisor,
+          killer: qemuProcessKiller(args["qemu-run-dir"] ?? defaultQemuRunDir),
         },
       );
     } catch (error) {

@@ -1,10 +1,11 @@
 import { defineCommand } from "citty";
-import { ExitCode, FithaError, UsageError } from "../../errors.ts";
+import { ExitCode, UsageError } from "../../errors.ts";
 import { bootId, boottimeClock } from "../../lockd/host-identity.ts";
 import { fileStateStore } from "../../lockd/state-file.ts";
 import { Watchdog, type WatchdogCheck } from "../../lockd/watchdog.ts";
 import { logger } from "../../log.ts";
-import { HypervisorError } from "../../virt/hypervisor.ts";
+import { LazyHypervisor } from "../../virt/lazy-hypervisor.ts";
+import { defaultQemuRunDir, qemuProcessKiller } from "../../virt/qemu-processes.ts";
 import { WorkerHypervisor } from "../../virt/worker-hypervisor.ts";
 import { logArgs } from "../args.ts";
 
@@ -15,6 +16,8 @@ export const watchdogCommand = defineCommand({
   args: {
     "state-dir": { type: "string", valueHint: "DIR", description: "lockd's state dir, which it feeds the watchdog through (default /var/lib/fitha/lockd)" },
     hypervisor: { type: "string", valueHint: "URI", description: "libvirt URI of this host's VMs (default qemu:///system)" },
+    "qemu-run-dir": { type: "string", valueHint: "DIR", description: `libvirt's qemu status files, to kill a VM's process when libvirt cannot stop it (default ${defaultQemuRunDir})` },
+    "call-timeout-ms": { type: "string", valueHint: "MS", description: "Deadline of each libvirt call; past it the VM's process is killed directly (default 10000)" },
     "poll-interval-ms": { type: "string", valueHint: "MS", description: "Longest wait between checks; lockd's T/4 when shorter (default 1000)" },
     ...logArgs,
   },
@@ -23,17 +26,17 @@ export const watchdogCommand = defineCommand({
     if (!(Number.isSafeInteger(maxPollMs) && maxPollMs >= 10 && maxPollMs <= 60_000)) {
       throw new UsageError(`watchdog: --poll-interval-ms must be a whole number from 10 to 60000, not "${args["poll-interval-ms"]}"`);
     }
+    const callTimeoutMs = Number(args["call-timeout-ms"] ?? "10000");
+    if (!(Number.isSafeInteger(callTimeoutMs) && callTimeoutMs >= 100 && callTimeoutMs <= 600_000)) {
+      throw new UsageError(`watchdog: --call-timeout-ms must be a whole number from 100 to 600000, not "${args["call-timeout-ms"]}"`);
+    }
     const stateDir = args["state-dir"] ?? "/var/lib/fitha/lockd";
     const uri = args.hypervisor ?? "qemu:///system";
-    let hypervisor: WorkerHypervisor;
-    try {
-      // In a Worker with a deadline per call: a hung libvirtd delays the polls only that long.
-      hypervisor = await WorkerHypervisor.open(uri, { callTimeoutMs: 10_000 });
-    } catch (error) {
-      if (error instanceof HypervisorError) throw new FithaError(`watchdog: ${error.message} (the watchdog stops VMs through it; see --hypervisor)`);
-      throw error;
-    }
-    const watchdog = new Watchdog({ clock: boottimeClock, store: fileStateStore(stateDir), hypervisor, bootId: await bootId() });
+    // Connected on first use and again after a failure: the watchdog must run (and kill VM
+    // processes itself) while libvirtd is down. In a Worker with a deadline per call: a hung
+    // libvirtd delays the polls only that long.
+    const hypervisor = new LazyHypervisor(uri, () => WorkerHypervisor.open(uri, { callTimeoutMs }));
+    const watchdog = new Watchdog({ clock: boottimeClock, store: fileStateStore(stateDir), hypervisor, bootId: await bootId(), killer: qemuProcessKiller(args["qemu-run-dir"] ?? defaultQemuRunDir) });
     let stopping = false;
     let wake: (() => void) | undefined;
     const stop = () => {
