@@ -1,17 +1,89 @@
 /**
  * The etcd key schema: every key fitha reads or writes is built here and nowhere else, under the
- * configured prefix (`etcd.prefix`, "/fitha" by default).
+ * configured prefix (`etcd.prefix`, "/fitha" by default). Values are JSON, one shape per key
+ * kind (src/store/records.ts), validated on every read.
  *
- * | key                      | cluster    | value                                  |
- * |--------------------------|------------|----------------------------------------|
- * | PREFIX/hosts/NAME        | management | registration of compute host NAME      |
+ * | key                                | cluster         | value (records.ts)   | written by            |
+ * |------------------------------------|-----------------|----------------------|-----------------------|
+ * | P/hosts/NAME                       | management      | HostRecord           | agent (registration)  |
+ * | P/host-ids/ID                      | management      | HostIdClaim          | agent (create-only txn) |
+ * | P/heartbeats/NAME                  | each plane's    | Heartbeat (leased)   | agent, every interval |
+ * | P/reachability/NAME                | management      | Reachability         | agent                 |
+ * | P/controller/election              | management      | (etcd3 Election)     | controllers           |
+ * | P/strategy                         | management      | StrategyTemplate     | `fitha strategy set`  |
+ * | P/settings                         | management      | RuntimeSettings      | `fitha config set`    |
+ * | P/maintenance/global               | management      | MaintenanceRecord    | `fitha maintenance`   |
+ * | P/maintenance/hosts/NAME           | management      | MaintenanceRecord    | `fitha maintenance`   |
+ * | P/mode                             | management      | ModeRecord           | active controller     |
+ * | P/events/SEQ                       | management      | EventRecord          | everyone (append)     |
+ * | P/recovery-requests/NAME           | management      | RecoveryRequest      | active controller     |
+ *
+ * NAME is a host name (DNS label characters); SEQ is a zero-padded, time-ordered id so that a
+ * range read returns events oldest first. A heartbeat key lives under an etcd lease whose TTL
+ * makes it vanish when the agent stops renewing it: its absence is the "plane down" signal.
  */
 export interface Keys {
+  readonly prefix: string;
   /** Prefix of the host registry: one key per registered compute host. */
   readonly hostsPrefix: string;
+  host(name: string): string;
+  readonly hostIdsPrefix: string;
+  hostId(id: number): string;
+  /** In the plane's own cluster. */
+  readonly heartbeatsPrefix: string;
+  heartbeat(name: string): string;
+  readonly reachabilityPrefix: string;
+  reachability(name: string): string;
+  readonly election: string;
+  readonly strategy: string;
+  readonly settings: string;
+  readonly maintenanceGlobal: string;
+  readonly maintenanceHostsPrefix: string;
+  maintenanceHost(name: string): string;
+  readonly mode: string;
+  readonly eventsPrefix: string;
+  event(sequence: string): string;
+  readonly recoveryRequestsPrefix: string;
+  recoveryRequest(name: string): string;
+}
+
+/** Host names as keys: DNS label characters only, so no name can reach outside its prefix. */
+const hostNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
+export function checkHostName(name: string): string {
+  if (!hostNamePattern.test(name)) throw new RangeError(`host name ${JSON.stringify(name)}: 1 to 63 letters, digits, ".", "_" or "-", starting with a letter or digit`);
+  return name;
 }
 
 export function keys(prefix: string): Keys {
   if (!prefix.startsWith("/") || prefix.endsWith("/")) throw new RangeError(`etcd key prefix ${JSON.stringify(prefix)}`);
-  return Object.freeze({ hostsPrefix: `${prefix}/hosts/` });
+  const under = (path: string) => `${prefix}/${path}`;
+  return Object.freeze({
+    prefix,
+    hostsPrefix: under("hosts/"),
+    host: (name: string) => under(`hosts/${checkHostName(name)}`),
+    hostIdsPrefix: under("host-ids/"),
+    hostId: (id: number) => {
+      if (!(Number.isSafeInteger(id) && id >= 1)) throw new RangeError(`host id ${id}`);
+      return under(`host-ids/${String(id).padStart(5, "0")}`);
+    },
+    heartbeatsPrefix: under("heartbeats/"),
+    heartbeat: (name: string) => under(`heartbeats/${checkHostName(name)}`),
+    reachabilityPrefix: under("reachability/"),
+    reachability: (name: string) => under(`reachability/${checkHostName(name)}`),
+    election: under("controller/election"),
+    strategy: under("strategy"),
+    settings: under("settings"),
+    maintenanceGlobal: under("maintenance/global"),
+    maintenanceHostsPrefix: under("maintenance/hosts/"),
+    maintenanceHost: (name: string) => under(`maintenance/hosts/${checkHostName(name)}`),
+    mode: under("mode"),
+    eventsPrefix: under("events/"),
+    event: (sequence: string) => {
+      if (!/^[0-9a-z-]{1,64}$/.test(sequence)) throw new RangeError(`event sequence ${JSON.stringify(sequence)}`);
+      return under(`events/${sequence}`);
+    },
+    recoveryRequestsPrefix: under("recovery-requests/"),
+    recoveryRequest: (name: string) => under(`recovery-requests/${checkHostName(name)}`),
+  });
 }

@@ -1,0 +1,183 @@
+/**
+ * The values under fitha's etcd keys (keys.ts has which key holds which), with their codecs.
+ * Times are ISO 8601 UTC strings (wall clock: for people and for ordering events; no decision
+ * compares wall-clock times of different machines).
+ */
+import { planes, type Plane } from "../config/fitha-config.ts";
+import type { PlaneState } from "../core/strategy.ts";
+import { Fields, type Codec } from "./codec.ts";
+
+const hostName = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
+export interface HostRecord {
+  readonly name: string;
+  /** This host's id in the lockspace, allocated once through P/host-ids/ID. */
+  readonly hostId: number;
+  /** The address this host has on each plane (for operators and placement). */
+  readonly addresses: Readonly<Record<Plane, string>>;
+  readonly capacity: { readonly cpus: number; readonly memoryKiB: number };
+  readonly agentVersion: string;
+  readonly registeredAt: string;
+}
+
+export const hostRecord: Codec<HostRecord> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["name", "hostId", "addresses", "capacity", "agentVersion", "registeredAt"]);
+  const addresses = f.object(r["addresses"], "addresses", planes);
+  const capacity = f.object(r["capacity"], "capacity", ["cpus", "memoryKiB"]);
+  return f.done({
+    name: f.string(r["name"], "name", { pattern: hostName }),
+    hostId: f.integer(r["hostId"], "hostId", 1, 2000),
+    addresses: { management: f.string(addresses["management"], "addresses.management"), storage: f.string(addresses["storage"], "addresses.storage"), service: f.string(addresses["service"], "addresses.service") },
+    capacity: { cpus: f.integer(capacity["cpus"], "capacity.cpus", 0, 1_000_000), memoryKiB: f.integer(capacity["memoryKiB"], "capacity.memoryKiB", 0, Number.MAX_SAFE_INTEGER) },
+    agentVersion: f.string(r["agentVersion"], "agentVersion", { maxLength: 64 }),
+    registeredAt: f.time(r["registeredAt"], "registeredAt"),
+  });
+};
+
+/** Who owns a lockspace host id: created once, in a transaction that fails if the key exists. */
+export interface HostIdClaim {
+  readonly host: string;
+  readonly claimedAt: string;
+}
+
+export const hostIdClaim: Codec<HostIdClaim> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["host", "claimedAt"]);
+  return f.done({ host: f.string(r["host"], "host", { pattern: hostName }), claimedAt: f.time(r["claimedAt"], "claimedAt") });
+};
+
+/** One plane's heartbeat of one host, in that plane's cluster, under an etcd lease. */
+export interface Heartbeat {
+  readonly host: string;
+  readonly plane: Plane;
+  readonly sentAt: string;
+  /** Counts up with every heartbeat of this agent process: a changed value is a live agent. */
+  readonly sequence: number;
+}
+
+export const heartbeat: Codec<Heartbeat> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["host", "plane", "sentAt", "sequence"]);
+  return f.done({
+    host: f.string(r["host"], "host", { pattern: hostName }),
+    plane: f.choice(r["plane"], "plane", planes),
+    sentAt: f.time(r["sentAt"], "sentAt"),
+    sequence: f.integer(r["sequence"], "sequence", 0, Number.MAX_SAFE_INTEGER),
+  });
+};
+
+/** Which planes' clusters an agent can reach itself (its own side of the plane matrix). */
+export interface Reachability {
+  readonly host: string;
+  readonly planes: Readonly<Record<Plane, boolean>>;
+  readonly at: string;
+}
+
+export const reachability: Codec<Reachability> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["host", "planes", "at"]);
+  const p = f.object(r["planes"], "planes", planes);
+  return f.done({
+    host: f.string(r["host"], "host", { pattern: hostName }),
+    planes: { management: f.boolean(p["management"], "planes.management"), storage: f.boolean(p["storage"], "planes.storage"), service: f.boolean(p["service"], "planes.service") },
+    at: f.time(r["at"], "at"),
+  });
+};
+
+export interface MaintenanceRecord {
+  readonly on: boolean;
+  readonly reason: string;
+  /** Who switched it (user@host of the operator command). */
+  readonly by: string;
+  readonly at: string;
+}
+
+export const maintenanceRecord: Codec<MaintenanceRecord> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["on", "reason", "by", "at"]);
+  return f.done({ on: f.boolean(r["on"], "on"), reason: f.text(r["reason"], "reason"), by: f.string(r["by"], "by", { maxLength: 256 }), at: f.time(r["at"], "at") });
+};
+
+export const modes = ["normal", "maintenance", "self-defense"] as const;
+export type Mode = (typeof modes)[number];
+
+/** The cluster's HA mode as the active controller last decided it. */
+export interface ModeRecord {
+  readonly mode: Mode;
+  readonly since: string;
+  readonly reason: string;
+  /** The controller that wrote it. */
+  readonly leader: string;
+}
+
+export const modeRecord: Codec<ModeRecord> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["mode", "since", "reason", "leader"]);
+  return f.done({ mode: f.choice(r["mode"], "mode", modes), since: f.time(r["since"], "since"), reason: f.text(r["reason"], "reason"), leader: f.string(r["leader"], "leader", { maxLength: 256 }) });
+};
+
+export const eventKinds = [
+  "host-registered",
+  "plane-down",
+  "plane-up",
+  "platform-fault",
+  "platform-recovered",
+  "ha-needed",
+  "ha-not-needed",
+  "self-defense-entered",
+  "self-defense-left",
+  "maintenance-on",
+  "maintenance-off",
+  "leader-elected",
+  "leader-lost",
+  "strategy-changed",
+  "settings-changed",
+  "bad-value",
+] as const;
+export type EventKind = (typeof eventKinds)[number];
+
+export interface EventRecord {
+  readonly time: string;
+  readonly kind: EventKind;
+  /** The host it is about, if any. */
+  readonly host: string | null;
+  /** Why, in words an operator can act on. */
+  readonly reason: string;
+  /** Who raised it: "controller@NAME", "agent@NAME", "cli@USER". */
+  readonly by: string;
+}
+
+export const eventRecord: Codec<EventRecord> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["time", "kind", "host", "reason", "by"]);
+  return f.done({
+    time: f.time(r["time"], "time"),
+    kind: f.choice(r["kind"], "kind", eventKinds),
+    host: r["host"] === null ? null : f.string(r["host"], "host", { pattern: hostName }),
+    reason: f.text(r["reason"], "reason"),
+    by: f.string(r["by"], "by", { maxLength: 256 }),
+  });
+};
+
+/** The controller's order to recover a host's HA VMs (carried out by the recovery issue's executor). */
+export interface RecoveryRequest {
+  readonly host: string;
+  readonly requestedAt: string;
+  readonly reason: string;
+  /** The plane matrix row that triggered it. */
+  readonly planes: Readonly<Record<Plane, PlaneState>>;
+}
+
+export const recoveryRequest: Codec<RecoveryRequest> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["host", "requestedAt", "reason", "planes"]);
+  const p = f.object(r["planes"], "planes", planes);
+  const state = (plane: Plane) => f.choice(p[plane], `planes.${plane}`, ["up", "down"] as const);
+  return f.done({
+    host: f.string(r["host"], "host", { pattern: hostName }),
+    requestedAt: f.time(r["requestedAt"], "requestedAt"),
+    reason: f.text(r["reason"], "reason"),
+    planes: { management: state("management"), storage: state("storage"), service: state("service") },
+  });
+};
