@@ -22,6 +22,16 @@ const endpoint = text({
   accepts: 'an etcd client URL with scheme and port, like "http://10.0.0.1:2379"',
 });
 
+/** A path to a file read at start (TLS material, a password); "" means none. */
+function optionalFile(doc: string) {
+  return text({
+    doc,
+    pattern: /^(|\/[^\0\n]{0,4095})$/,
+    accepts: 'an absolute file path, or "" for none',
+    default: "",
+  });
+}
+
 function planeCluster(plane: Plane, role: string) {
   return section(`The etcd cluster of the ${plane} network plane: ${role}`, {
     endpoints: list(endpoint, {
@@ -61,6 +71,22 @@ export const fithaConfigSchema = {
     management: planeCluster("management", "holds all fitha state (hosts, VMs, tasks, events) and the management heartbeats."),
     storage: planeCluster("storage", "carries the storage-plane heartbeats."),
     service: planeCluster("service", "carries the service-plane heartbeats."),
+    // Checked and read when fitha connects (src/store/credentials.ts), not here: `fitha config
+    // check` validates a file offline, on a machine that may not hold the certificates.
+    tls: section("TLS of the connections to every plane's etcd; all empty: plain http.", {
+      ca_file: optionalFile("CA certificate (PEM) that signed the etcd servers' certificates; when set, every endpoint must be https://."),
+      cert_file: optionalFile("Client certificate (PEM), for clusters that check client certificates; needs key_file and ca_file."),
+      key_file: optionalFile("Private key (PEM) of cert_file."),
+    }),
+    auth: section("etcd user authentication (etcd's auth enable); both empty: none.", {
+      username: text({
+        doc: "etcd user fitha authenticates as; needs password_file.",
+        pattern: /^[\x21-\x7e]{0,128}$/,
+        accepts: 'a user name of printable ASCII characters without spaces (at most 128), or "" for none',
+        default: "",
+      }),
+      password_file: optionalFile("File holding that user's password (one line; read at start, never logged); keep it mode 0600."),
+    }),
   }),
 };
 

@@ -107,6 +107,14 @@ export class ControllerCore {
     return { effects, mode, decisions, nextWakeMs };
   }
 
+  /**
+   * The request for `host` could not be written: it counts as not made, so the next step asks
+   * again (the caller retries by stepping).
+   */
+  requestFailed(host: string): void {
+    this.#requested.delete(host);
+  }
+
   #planeEvents(host: string, hostPlanes: HostPlanes, event: (kind: EventKind, host: string | null, reason: string) => void): void {
     const current = { management: hostPlanes.management.state, storage: hostPlanes.storage.state, service: hostPlanes.service.state };
     const previous = this.#lastPlanes.get(host);

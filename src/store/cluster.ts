@@ -6,15 +6,30 @@ import { Etcd3 } from "etcd3";
 import type { FithaConfig, Plane } from "../config/fitha-config.ts";
 import { withDeadline } from "../deadline.ts";
 import { errorMessage } from "../errors.ts";
+import { readEtcdCredentials, type EtcdCredentials } from "./credentials.ts";
 
 export type EtcdSettings = FithaConfig["etcd"];
 
-/** A client for `plane`'s cluster whose every unary request carries the configured deadline. */
-export function connectPlane(etcd: EtcdSettings, plane: Plane): Etcd3 {
+/**
+ * etcd refuses client pings more often than every 5 s (--grpc-keepalive-min-time) with a GOAWAY;
+ * one every 10 s finds a silently dead connection (a cut network leaves no RST) under a watch,
+ * which would otherwise wait forever for events that cannot come.
+ */
+const keepalivePingMs = 10_000;
+
+/**
+ * A client for `plane`'s cluster whose every unary request carries the configured deadline.
+ * `credentials` are read from their files unless given: a daemon reads them once for all planes.
+ */
+export function connectPlane(etcd: EtcdSettings, plane: Plane, credentials: EtcdCredentials = readEtcdCredentials(etcd)): Etcd3 {
+  const { tls, auth } = credentials;
   return new Etcd3({
     hosts: [...etcd[plane].endpoints],
     dialTimeout: etcd.dial_timeout_ms,
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + etcd.request_timeout_ms }),
+    grpcOptions: { "grpc.keepalive_time_ms": keepalivePingMs, "grpc.keepalive_timeout_ms": etcd.request_timeout_ms },
+    ...(tls === undefined ? {} : { credentials: { rootCertificate: tls.rootCertificate, ...(tls.client === undefined ? {} : { certChain: tls.client.certChain, privateKey: tls.client.privateKey }) } }),
+    ...(auth === undefined ? {} : { auth: { username: auth.username, password: auth.password.reveal() } }),
   });
 }
 

@@ -7,9 +7,9 @@
  * |------------------------------------|-----------------|----------------------|-----------------------|
  * | P/hosts/NAME                       | management      | HostRecord           | agent (registration)  |
  * | P/host-ids/ID                      | management      | HostIdClaim          | agent (create-only txn) |
- * | P/heartbeats/NAME                  | each plane's    | Heartbeat (leased)   | agent, every interval |
+ * | P/heartbeats/PLANE/NAME            | PLANE's         | Heartbeat (leased)   | agent, every interval |
  * | P/reachability/NAME                | management      | Reachability         | agent                 |
- * | P/controller/election              | management      | (etcd3 Election)     | controllers           |
+ * | P/controller/election              | management      | LeaderRecord (leased)| controllers (election.ts) |
  * | P/strategy                         | management      | StrategyTemplate     | `fitha strategy set`  |
  * | P/settings                         | management      | RuntimeSettings      | `fitha config set`    |
  * | P/maintenance/global               | management      | MaintenanceRecord    | `fitha maintenance`   |
@@ -18,10 +18,13 @@
  * | P/events/SEQ                       | management      | EventRecord          | everyone (append)     |
  * | P/recovery-requests/NAME           | management      | RecoveryRequest      | active controller     |
  *
- * NAME is a host name (DNS label characters); SEQ is a zero-padded, time-ordered id so that a
- * range read returns events oldest first. A heartbeat key lives under an etcd lease whose TTL
+ * NAME is a host name (DNS label characters); PLANE is management, storage or service (in the
+ * key as well as the cluster: on a lab machine the three planes may share one cluster); SEQ is a
+ * zero-padded, time-ordered id so that a range read returns events oldest first. A heartbeat key lives under an etcd lease whose TTL
  * makes it vanish when the agent stops renewing it: its absence is the "plane down" signal.
  */
+import { planes, type Plane } from "../config/fitha-config.ts";
+
 export interface Keys {
   readonly prefix: string;
   /** Prefix of the host registry: one key per registered compute host. */
@@ -30,8 +33,8 @@ export interface Keys {
   readonly hostIdsPrefix: string;
   hostId(id: number): string;
   /** In the plane's own cluster. */
-  readonly heartbeatsPrefix: string;
-  heartbeat(name: string): string;
+  heartbeatsPrefix(plane: Plane): string;
+  heartbeat(plane: Plane, name: string): string;
   readonly reachabilityPrefix: string;
   reachability(name: string): string;
   readonly election: string;
@@ -55,6 +58,18 @@ export function checkHostName(name: string): string {
   return name;
 }
 
+function checkPlane(plane: Plane): Plane {
+  if (!planes.includes(plane)) throw new RangeError(`plane ${JSON.stringify(plane)}`);
+  return plane;
+}
+
+/** The host name of a key under `prefix`, if the key is one host's (nothing after the name). */
+export function hostOfKey(prefix: string, key: string): string | undefined {
+  if (!key.startsWith(prefix)) return undefined;
+  const name = key.slice(prefix.length);
+  return hostNamePattern.test(name) ? name : undefined;
+}
+
 export function keys(prefix: string): Keys {
   if (!prefix.startsWith("/") || prefix.endsWith("/")) throw new RangeError(`etcd key prefix ${JSON.stringify(prefix)}`);
   const under = (path: string) => `${prefix}/${path}`;
@@ -67,8 +82,8 @@ export function keys(prefix: string): Keys {
       if (!(Number.isSafeInteger(id) && id >= 1)) throw new RangeError(`host id ${id}`);
       return under(`host-ids/${String(id).padStart(5, "0")}`);
     },
-    heartbeatsPrefix: under("heartbeats/"),
-    heartbeat: (name: string) => under(`heartbeats/${checkHostName(name)}`),
+    heartbeatsPrefix: (plane: Plane) => under(`heartbeats/${checkPlane(plane)}/`),
+    heartbeat: (plane: Plane, name: string) => under(`heartbeats/${checkPlane(plane)}/${checkHostName(name)}`),
     reachabilityPrefix: under("reachability/"),
     reachability: (name: string) => under(`reachability/${checkHostName(name)}`),
     election: under("controller/election"),
