@@ -30,7 +30,9 @@ export interface ControllerInputs {
 export type ControllerEffect =
   | { readonly type: "event"; readonly kind: EventKind; readonly host: string | null; readonly reason: string }
   | { readonly type: "request-recovery"; readonly host: string; readonly planes: PlaneStates; readonly reason: string }
-  | { readonly type: "set-mode"; readonly mode: Mode; readonly reason: string };
+  | { readonly type: "set-mode"; readonly mode: Mode; readonly reason: string }
+  /** The host's planes or decision changed: for operators (`fitha status`). */
+  | { readonly type: "host-state"; readonly host: string; readonly planes: HostPlanes; readonly decision: HostDecision };
 
 export interface ControllerStep {
   readonly effects: readonly ControllerEffect[];
@@ -45,6 +47,8 @@ export class ControllerCore {
   #mode: Mode | undefined;
   readonly #lastPlanes = new Map<string, Record<Plane, string>>();
   readonly #lastDecision = new Map<string, HostDecision["kind"] | `no-ha:${string}`>();
+  /** What was last published per host (planes and decision), to publish changes only. */
+  readonly #lastPublished = new Map<string, string>();
   /** Hosts whose recovery was requested in this episode (cleared once healthy). */
   readonly #requested = new Set<string>();
   readonly #blindPlanes = new Set<Plane>();
@@ -89,6 +93,12 @@ export class ControllerCore {
       }
       if (decision.kind === "no-ha" && decision.why === "healthy") this.#requested.delete(host);
       const key = decision.kind === "ha-needed" ? "ha-needed" : (`no-ha:${decision.why}` as const);
+      // Published when the planes or the kind of decision change (not the reason's running clock).
+      const published = JSON.stringify([planes.map((plane) => [hostPlanes[plane].state, hostPlanes[plane].sinceMs]), key]);
+      if (this.#lastPublished.get(host) !== published) {
+        this.#lastPublished.set(host, published);
+        effects.push({ type: "host-state", host, planes: hostPlanes, decision });
+      }
       const previous = this.#lastDecision.get(host);
       this.#lastDecision.set(host, key);
       if (decision.kind === "ha-needed") {
@@ -151,6 +161,7 @@ export class ControllerCore {
 
   #forget(host: string): void {
     this.#lastDecision.delete(host);
+    this.#lastPublished.delete(host);
     this.#lastPlanes.delete(host);
     this.#requested.delete(host);
   }

@@ -17,6 +17,7 @@
  * | P/mode                             | management      | ModeRecord           | active controller     |
  * | P/events/SEQ                       | management      | EventRecord          | everyone (append)     |
  * | P/recovery-requests/NAME           | management      | RecoveryRequest      | active controller     |
+ * | P/host-states/NAME                 | management      | HostStateRecord      | active controller     |
  *
  * NAME is a host name (DNS label characters); PLANE is management, storage or service (in the
  * key as well as the cluster: on a lab machine the three planes may share one cluster); SEQ is a
@@ -48,6 +49,9 @@ export interface Keys {
   event(sequence: string): string;
   readonly recoveryRequestsPrefix: string;
   recoveryRequest(name: string): string;
+  /** The leader's view of each host (planes and decision), for `fitha status`. */
+  readonly hostStatesPrefix: string;
+  hostState(name: string): string;
 }
 
 /** Host names as keys: DNS label characters only, so no name can reach outside its prefix. */
@@ -100,5 +104,7 @@ export function keys(prefix: string): Keys {
     },
     recoveryRequestsPrefix: under("recovery-requests/"),
     recoveryRequest: (name: string) => under(`recovery-requests/${checkHostName(name)}`),
+    hostStatesPrefix: under("host-states/"),
+    hostState: (name: string) => under(`host-states/${checkHostName(name)}`),
   });
 }

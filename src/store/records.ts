@@ -181,3 +181,35 @@ export const recoveryRequest: Codec<RecoveryRequest> = (raw, source) => {
     planes: { management: state("management"), storage: state("storage"), service: state("service") },
   });
 };
+
+export const observedStates = ["up", "down", "unknown"] as const;
+export const decisionKinds = ["ha-needed", "healthy", "strategy", "grace", "platform-fault", "maintenance", "self-defense"] as const;
+
+/** The active controller's view of one host, written when it changes (for `fitha status`). */
+export interface HostStateRecord {
+  readonly host: string;
+  /** Each plane's state and since when (wall clock of the controller, from its own observation). */
+  readonly planes: Readonly<Record<Plane, { readonly state: (typeof observedStates)[number]; readonly since: string }>>;
+  readonly decision: (typeof decisionKinds)[number];
+  readonly reason: string;
+  readonly at: string;
+  readonly leader: string;
+}
+
+export const hostStateRecord: Codec<HostStateRecord> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["host", "planes", "decision", "reason", "at", "leader"]);
+  const p = f.object(r["planes"], "planes", planes);
+  const plane = (name: Plane) => {
+    const o = f.object(p[name], `planes.${name}`, ["state", "since"]);
+    return { state: f.choice(o["state"], `planes.${name}.state`, observedStates), since: f.time(o["since"], `planes.${name}.since`) };
+  };
+  return f.done({
+    host: f.string(r["host"], "host", { pattern: hostName }),
+    planes: { management: plane("management"), storage: plane("storage"), service: plane("service") },
+    decision: f.choice(r["decision"], "decision", decisionKinds),
+    reason: f.text(r["reason"], "reason"),
+    at: f.time(r["at"], "at"),
+    leader: f.string(r["leader"], "leader", { maxLength: 256 }),
+  });
+};

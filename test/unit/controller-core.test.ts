@@ -55,7 +55,9 @@ describe("controller core", () => {
     const wanted = haWanted(defaultStrategy, states);
     test(`row ${row} (${JSON.stringify(states)}): ${wanted ? "recovery requested once the grace period has passed, not before, and once" : "no recovery, ever"}`, () => {
       const c = new Cluster(10);
-      expect(c.step().effects).toEqual([{ type: "set-mode", mode: "normal", reason: "HA active" }]);
+      const start = c.step().effects;
+      expect(start[0]).toEqual({ type: "set-mode", mode: "normal", reason: "HA active" });
+      expect(start.slice(1).map((e) => e.type === "host-state" && `${e.host}:${e.decision.kind}`).sort()).toEqual(Array.from({ length: 10 }, (_, i) => `host-${i + 1}:no-ha`).sort());
       c.set("host-3", states);
       expect(rowNumber(states)).toBe(row);
       const first = c.step();
@@ -158,7 +160,8 @@ describe("controller core", () => {
     c.set("host-2", { service: "down" });
     const down = c.step();
     expect(kinds(down.effects)).toEqual(["plane-down:host-2", "ha-not-needed:host-2"]);
-    expect(down.effects[1]).toMatchObject({ reason: "management up, storage up, service down (strategy row 5): the strategy says no HA" });
+    expect(down.effects.find((e) => e.type === "event" && e.kind === "ha-not-needed")).toMatchObject({ reason: "management up, storage up, service down (strategy row 5): the strategy says no HA" });
+    expect(down.effects.filter((e) => e.type === "host-state").map((e) => e.type === "host-state" && e.host)).toEqual(["host-2"]);
     c.set("host-2", { service: "up" });
     expect(kinds(c.step().effects)).toEqual(["plane-up:host-2"]);
   });

@@ -1,0 +1,168 @@
+/**
+ * `fitha agent`'s control-plane half: registers this compute host (a lockspace host id from an
+ * etcd transaction, its plane addresses and capacity), keeps one heartbeat per plane alive in
+ * that plane's cluster (plane-heartbeat.ts), records which planes it reaches itself, and follows
+ * the runtime settings (heartbeat interval and TTL change without a restart).
+ */
+import { planes, type Plane } from "../config/fitha-config.ts";
+import type { Clock } from "../core/clock.ts";
+import { decodeSettings, defaultSettings, type RuntimeSettings } from "../core/settings.ts";
+import { errorMessage } from "../errors.ts";
+import { logger } from "../log.ts";
+import { badValueEvent, appendEvent } from "../store/events.ts";
+import { allocateHostId, maxHostIds } from "../store/host-ids.ts";
+import type { Keys } from "../store/keys.ts";
+import { KvError, type Kv } from "../store/kv.ts";
+import { hostRecord, type EventRecord, type HostRecord, type Reachability } from "../store/records.ts";
+import { decodeEntry, readRecord } from "../store/typed.ts";
+import { PrefixWatcher } from "../store/watcher.ts";
+import type { Hypervisor } from "../virt/hypervisor.ts";
+import { PlaneHeartbeat } from "./plane-heartbeat.ts";
+
+const log = logger("agent");
+
+export interface AgentOptions {
+  readonly host: string;
+  readonly addresses: Readonly<Record<Plane, string>>;
+  readonly agentVersion: string;
+  /** Lockspace host ids go up to this (the lease file's host count). */
+  readonly maxHostId?: number;
+}
+
+export interface AgentEnvironment {
+  readonly clock: Clock;
+  /** Wall clock, for the times written into records. */
+  readonly now: () => Date;
+  /** Each plane's cluster (all three may be one). */
+  readonly kv: Readonly<Record<Plane, Kv>>;
+  readonly keys: Keys;
+  readonly hypervisor: Hypervisor;
+}
+
+export class Agent {
+  #settings: RuntimeSettings = defaultSettings;
+  readonly #reachable = new Map<Plane, boolean>();
+  readonly #heartbeats: PlaneHeartbeat[] = [];
+  #settingsWatch: PrefixWatcher | undefined;
+  #reachabilityWrite: Promise<void> = Promise.resolve();
+
+  private constructor(
+    readonly options: AgentOptions,
+    readonly env: AgentEnvironment,
+    readonly hostId: number,
+  ) {}
+
+  static async start(options: AgentOptions, env: AgentEnvironment): Promise<Agent> {
+    const management = env.kv.management;
+    const hostId = await allocateHostId(management, env.keys, options.host, options.maxHostId ?? maxHostIds, {
+      now: env.now,
+      onBadValue: (error) => void appendEvent(management, env.keys, badValueEvent(error, `agent@${options.host}`, env.now())).catch(() => undefined),
+    });
+    const agent = new Agent(options, env, hostId);
+    await agent.#register();
+    agent.#settingsWatch = agent.#watchSettings();
+    for (const plane of planes) {
+      agent.#heartbeats.push(
+        new PlaneHeartbeat({
+          kv: env.kv[plane],
+          keys: env.keys,
+          plane,
+          host: options.host,
+          clock: env.clock,
+          settings: () => agent.#settings,
+          now: env.now,
+          onReachability: (p, reachable) => agent.#onReachability(p, reachable),
+        }),
+      );
+    }
+    log.info("agent started", { host: options.host, host_id: hostId });
+    return agent;
+  }
+
+  get settings(): RuntimeSettings {
+    return this.#settings;
+  }
+
+  /** Which planes' clusters this agent reaches (its last heartbeat on each succeeded). */
+  reachability(): Record<Plane, boolean> {
+    return { management: this.#reachable.get("management") === true, storage: this.#reachable.get("storage") === true, service: this.#reachable.get("service") === true };
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.#heartbeats.map((h) => h.stop()));
+    await this.#settingsWatch?.stop();
+    await this.#reachabilityWrite;
+  }
+
+  /** Writes this host's record; a re-registration keeps the first registration time. */
+  async #register(): Promise<void> {
+    const { kv, keys, hypervisor, now } = this.env;
+    const key = keys.host(this.options.host);
+    const existing = await readRecord(kv.management, key, hostRecord);
+    const node = await hypervisor.nodeInfo();
+    const record: HostRecord = {
+      name: this.options.host,
+      hostId: this.hostId,
+      addresses: this.options.addresses,
+      capacity: { cpus: node.cpus, memoryKiB: node.memoryKiB },
+      agentVersion: this.options.agentVersion,
+      registeredAt: existing !== undefined && "record" in existing ? existing.record.registeredAt : now().toISOString(),
+    };
+    await kv.management.put(key, JSON.stringify(record));
+    if (existing === undefined) await this.#event("host-registered", `registered with lockspace host id ${this.hostId}, ${node.cpus} CPUs, ${Math.round(node.memoryKiB / 1024)} MiB`);
+  }
+
+  #watchSettings(): PrefixWatcher {
+    const { kv, keys, clock } = this.env;
+    const apply = (value: { key: string; value: string; modRevision: bigint } | undefined) => {
+      if (value === undefined || value.key !== keys.settings) return;
+      const decoded = decodeEntry(value, decodeSettings);
+      if ("bad" in decoded) {
+        log.error("ignoring bad runtime settings; keeping the ones in force", { reason: decoded.bad.message });
+        return;
+      }
+      const before = this.#settings;
+      this.#settings = decoded.record;
+      if (before.heartbeatIntervalMs !== decoded.record.heartbeatIntervalMs || before.heartbeatTtlMs !== decoded.record.heartbeatTtlMs) {
+        log.info("heartbeat settings changed", { interval_ms: decoded.record.heartbeatIntervalMs, ttl_ms: decoded.record.heartbeatTtlMs });
+        for (const heartbeat of this.#heartbeats) heartbeat.nudge();
+      }
+    };
+    return new PrefixWatcher(
+      kv.management,
+      keys.settings,
+      {
+        onSnapshot: (entries) => apply(entries.find((e) => e.key === keys.settings)),
+        onRevision: (_revision, changes) => {
+          for (const change of changes) {
+            if (change.key !== keys.settings) continue;
+            if (change.type === "delete") this.#settings = defaultSettings;
+            else apply(change);
+          }
+        },
+        onFailed: (error) => log.error("stopped following the runtime settings", { error: errorMessage(error) }),
+      },
+      clock,
+    );
+  }
+
+  #onReachability(plane: Plane, reachable: boolean): void {
+    this.#reachable.set(plane, reachable);
+    // Serialised, and each write carries the latest view: a late write never overwrites a newer one.
+    this.#reachabilityWrite = this.#reachabilityWrite.then(async () => {
+      const record: Reachability = { host: this.options.host, planes: this.reachability(), at: this.env.now().toISOString() };
+      try {
+        await this.env.kv.management.put(this.env.keys.reachability(this.options.host), JSON.stringify(record));
+      } catch (error) {
+        // Management unreachable: the controller sees that plane down anyway; the next change rewrites it.
+        if (!(error instanceof KvError)) throw error;
+        log.debug("could not record reachability", { error: error.message });
+      }
+    });
+  }
+
+  async #event(kind: EventRecord["kind"], reason: string): Promise<void> {
+    const event: EventRecord = { time: this.env.now().toISOString(), kind, host: this.options.host, reason, by: `agent@${this.options.host}` };
+    await appendEvent(this.env.kv.management, this.env.keys, event).catch((error: unknown) => log.warn("could not record an event", { kind, error: errorMessage(error) }));
+  }
+}

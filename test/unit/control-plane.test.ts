@@ -1,0 +1,195 @@
+/**
+ * Agents and controllers together on in-memory etcd clusters (one per plane) and virtual time:
+ * the real daemon code, with each agent's link to each plane's cluster cut on demand. Heartbeats
+ * every 1 s living 3 s, a 5 s grace period, controller leases of 3 s.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { Writable } from "node:stream";
+import { Agent } from "../../src/agent/agent.ts";
+import { planes, type Plane } from "../../src/config/fitha-config.ts";
+import { VirtualClock } from "../../src/core/clock.ts";
+import { settingsToJson, defaultSettings } from "../../src/core/settings.ts";
+import { defaultStrategy, haWanted, strategyToJson, type PlaneStates } from "../../src/core/strategy.ts";
+import { Controller } from "../../src/controller/controller.ts";
+import { configureLogging } from "../../src/log.ts";
+import { keys as keysFor } from "../../src/store/keys.ts";
+import { MemoryCluster, type MemoryKv } from "../../src/store/memory-kv.ts";
+import { listEvents } from "../../src/store/events.ts";
+import { MemoryHypervisor } from "../../src/virt/memory-hypervisor.ts";
+
+beforeAll(() => configureLogging({ level: "error", format: "json", stream: new Writable({ write: (_chunk, _encoding, done) => done() }) }));
+afterAll(() => configureLogging({ level: "info", format: "human" }));
+
+const keys = keysFor("/fitha");
+const graceMs = 5_000;
+const ttlMs = 3_000;
+
+class Lab {
+  readonly clock = new VirtualClock();
+  readonly clusters = Object.fromEntries(planes.map((plane) => [plane, new MemoryCluster(this.clock)])) as Record<Plane, MemoryCluster>;
+  readonly admin = this.connect("admin");
+  readonly agents = new Map<string, { agent: Agent; links: Record<Plane, MemoryKv> }>();
+  readonly controllers: Array<{ controller: Controller; links: Record<Plane, MemoryKv> }> = [];
+  #wallMs = Date.parse("2026-11-23T12:00:00.000Z");
+
+  now = () => new Date(this.#wallMs + this.clock.nowMs());
+
+  connect(who: string): Record<Plane, MemoryKv> {
+    return Object.fromEntries(planes.map((plane) => [plane, this.clusters[plane].connect({ name: `etcd of the ${plane} plane (${who})`, requestTimeoutMs: 1_000 })])) as Record<Plane, MemoryKv>;
+  }
+
+  async setup(hosts: number, controllers = 1): Promise<void> {
+    await this.admin.management.put(keys.settings, JSON.stringify({ ...settingsToJson(defaultSettings), heartbeat_interval_ms: 1_000, heartbeat_ttl_ms: ttlMs }));
+    await this.admin.management.put(keys.strategy, JSON.stringify({ ...strategyToJson(defaultStrategy), grace_ms: graceMs }));
+    for (let i = 1; i <= hosts; i++) {
+      const host = `host-${i}`;
+      const links = this.connect(host);
+      const agent = await this.clock.run(
+        Agent.start(
+          { host, addresses: { management: `10.0.0.${i}`, storage: `10.1.0.${i}`, service: `10.2.0.${i}` }, agentVersion: "test" },
+          { clock: this.clock, now: this.now, kv: links, keys, hypervisor: new MemoryHypervisor() },
+        ),
+      );
+      this.agents.set(host, { agent, links });
+    }
+    for (let i = 1; i <= controllers; i++) {
+      const links = this.connect(`controller-${i}`);
+      const controller = new Controller({ name: `controller-${i}`, electionTtlMs: 3_000, probeIntervalMs: 500 }, { clock: this.clock, now: this.now, kv: links, keys });
+      controller.start();
+      this.controllers.push({ controller, links });
+    }
+    await this.clock.advance(5_000);
+  }
+
+  /** Cuts (or heals) one host's links to the planes that are "down" in `states`. */
+  setLinks(host: string, states: PlaneStates): void {
+    const { links } = this.agents.get(host)!;
+    for (const plane of planes) {
+      if (states[plane] === "down") links[plane].cut("refuse");
+      else links[plane].heal();
+    }
+  }
+
+  async requests(): Promise<string[]> {
+    const range = await this.admin.management.getPrefix(keys.recoveryRequestsPrefix);
+    return range.entries.map((e) => e.key.slice(keys.recoveryRequestsPrefix.length));
+  }
+
+  async mode(): Promise<string | undefined> {
+    const entry = await this.admin.management.get(keys.mode);
+    return entry === undefined ? undefined : (JSON.parse(entry.value) as { mode: string }).mode;
+  }
+
+  async stop(): Promise<void> {
+    await this.clock.run(Promise.all([...[...this.agents.values()].map((a) => a.agent.stop()), ...this.controllers.map((c) => c.controller.stop())]));
+  }
+}
+
+describe("control plane on in-memory etcd and virtual time", () => {
+  for (let row = 0; row < 7; row++) {
+    const states: PlaneStates = { management: row & 4 ? "up" : "down", service: row & 2 ? "up" : "down", storage: row & 1 ? "up" : "down" };
+    const wanted = haWanted(defaultStrategy, states);
+    test(`row ${row}: host-2's links cut to the down planes → ${wanted ? "recovery requested after TTL + grace, not before" : "never a recovery request"}`, async () => {
+      const lab = new Lab();
+      await lab.setup(4);
+      expect(await lab.mode()).toBe("normal");
+      lab.setLinks("host-2", states);
+      // The heartbeat keys vanish at most TTL after the last renewal; then the grace period runs.
+      await lab.clock.advance(graceMs);
+      expect(await lab.requests()).toEqual([]);
+      await lab.clock.advance(ttlMs + 1_000);
+      expect(await lab.requests()).toEqual(wanted ? ["host-2"] : []);
+      await lab.clock.advance(20_000);
+      expect(await lab.requests()).toEqual(wanted ? ["host-2"] : []);
+      expect(lab.agents.get("host-2")!.agent.reachability()).toEqual({ management: states.management === "up", storage: states.storage === "up", service: states.service === "up" });
+      const events = (await listEvents(lab.admin.management, keys, { limit: 1000 })).events.map((e) => e.record);
+      if (wanted) expect(events.filter((e) => e.kind === "ha-needed").map((e) => e.host)).toEqual(["host-2"]);
+      expect(events.filter((e) => e.kind === "plane-down" && e.host === "host-2")).toHaveLength(planes.filter((p) => states[p] === "down").length);
+      await lab.stop();
+    });
+  }
+
+  test("a standby takes over when the leader is cut off; the old leader stops deciding before that", async () => {
+    const lab = new Lab();
+    await lab.setup(3, 2);
+    const leaderIndex = lab.controllers.findIndex((c) => c.controller.leading);
+    expect(leaderIndex).toBeGreaterThanOrEqual(0);
+    const [leader, standby] = [lab.controllers[leaderIndex]!, lab.controllers[1 - leaderIndex]!];
+    for (const plane of planes) leader.links[plane].cut("hang");
+    let overlap = false;
+    for (let t = 0; t < 12_000; t += 100) {
+      await lab.clock.advance(100);
+      if (leader.controller.leading && standby.controller.leading) overlap = true;
+    }
+    expect(overlap).toBe(false);
+    expect(leader.controller.leading).toBe(false);
+    expect(standby.controller.leading).toBe(true);
+    // The new leader decides: a host failing now is recovered.
+    lab.setLinks("host-1", { management: "down", service: "down", storage: "down" });
+    await lab.clock.advance(ttlMs + graceMs + 2_000);
+    expect(await lab.requests()).toEqual(["host-1"]);
+    await lab.stop();
+  });
+
+  test("self-defense when half the hosts go down at once; HA resumes at 70 % healthy", async () => {
+    const lab = new Lab();
+    await lab.setup(4);
+    for (const host of ["host-1", "host-2"]) lab.setLinks(host, { management: "down", service: "down", storage: "down" });
+    await lab.clock.advance(ttlMs + graceMs + 2_000);
+    expect(await lab.mode()).toBe("self-defense");
+    expect(await lab.requests()).toEqual([]);
+    lab.setLinks("host-2", { management: "up", service: "up", storage: "up" });
+    await lab.clock.advance(3_000);
+    expect(await lab.mode()).toBe("normal"); // 3 of 4 healthy: 75 %
+    await lab.clock.advance(graceMs);
+    expect(await lab.requests()).toEqual(["host-1"]);
+    await lab.stop();
+  });
+
+  test("maintenance (global, then per host) holds recovery back; runtime settings apply without restart", async () => {
+    const lab = new Lab();
+    await lab.setup(4);
+    const record = (on: boolean) => JSON.stringify({ on, reason: "test", by: "cli@test", at: lab.now().toISOString() });
+    await lab.admin.management.put(keys.maintenanceGlobal, record(true));
+    lab.setLinks("host-3", { management: "down", service: "down", storage: "down" });
+    await lab.clock.advance(ttlMs + graceMs + 2_000);
+    expect(await lab.mode()).toBe("maintenance");
+    expect(await lab.requests()).toEqual([]);
+    await lab.admin.management.put(keys.maintenanceHost("host-3"), record(true));
+    await lab.admin.management.put(keys.maintenanceGlobal, record(false));
+    await lab.clock.advance(2_000);
+    expect(await lab.mode()).toBe("normal");
+    expect(await lab.requests()).toEqual([]);
+    await lab.admin.management.put(keys.maintenanceHost("host-3"), record(false));
+    await lab.clock.advance(1_000);
+    expect(await lab.requests()).toEqual(["host-3"]);
+    // A longer heartbeat TTL reaches the agents at once: host-4's planes then outlive a 4 s cut.
+    await lab.admin.management.put(keys.settings, JSON.stringify({ ...settingsToJson(defaultSettings), heartbeat_interval_ms: 1_000, heartbeat_ttl_ms: 20_000 }));
+    await lab.clock.advance(2_000);
+    expect(lab.agents.get("host-4")!.agent.settings.heartbeatTtlMs).toBe(20_000);
+    lab.setLinks("host-4", { management: "down", service: "down", storage: "down" });
+    await lab.clock.advance(6_000);
+    lab.setLinks("host-4", { management: "up", service: "up", storage: "up" });
+    await lab.clock.advance(graceMs + 2_000);
+    expect(await lab.requests()).toEqual(["host-3"]);
+    await lab.stop();
+  });
+
+  test("a plane's cluster unreachable from the controller: platform fault, no HA from that plane", async () => {
+    const lab = new Lab();
+    await lab.setup(4);
+    lab.controllers[0]!.links.storage.cut("refuse");
+    lab.setLinks("host-1", { management: "up", service: "up", storage: "down" }); // row 6: HA if it were seen
+    await lab.clock.advance(ttlMs + graceMs + 2_000);
+    expect(await lab.requests()).toEqual([]);
+    const events = (await listEvents(lab.admin.management, keys, { limit: 1000 })).events.map((e) => e.record.kind);
+    expect(events).toContain("platform-fault");
+    lab.controllers[0]!.links.storage.heal();
+    await lab.clock.advance(2_000);
+    expect(await lab.requests()).toEqual([]); // the grace period restarts from the fresh read
+    // The watch's retries back off (up to 10 s) while the link is cut: the fresh read may come that late.
+    await lab.clock.advance(graceMs + 10_000);
+    expect(await lab.requests()).toEqual(["host-1"]);
+    await lab.stop();
+  });
+});
