@@ -60,6 +60,10 @@ export class Agent {
     });
     const agent = new Agent(options, env, hostId);
     await agent.#register();
+    // Read before the first heartbeat, so that its lease has the configured TTL from the start.
+    const stored = await readRecord(management, env.keys.settings, decodeSettings);
+    if (stored !== undefined && "record" in stored) agent.#settings = stored.record;
+    else if (stored !== undefined) log.error("ignoring bad runtime settings; using the defaults", { reason: stored.bad.message });
     agent.#settingsWatch = agent.#watchSettings();
     for (const plane of planes) {
       agent.#heartbeats.push(

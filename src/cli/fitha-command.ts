@@ -14,6 +14,8 @@ export const fithaCommand = defineCommand({
   subCommands: {
     status: () => import("./commands/status.ts").then((m) => m.statusCommand),
     lockd: () => import("./commands/lockd.ts").then((m) => m.lockdCommand),
+    agent: () => import("./commands/agent.ts").then((m) => m.agentCommand),
+    controller: () => import("./commands/controller.ts").then((m) => m.controllerCommand),
     lease: () => import("./commands/lease.ts").then((m) => m.leaseCommand),
     watchdog: () => import("./commands/watchdog.ts").then((m) => m.watchdogCommand),
     hook: () => import("./commands/hook.ts").then((m) => m.hookCommand),

@@ -88,6 +88,54 @@ export const fithaConfigSchema = {
       password_file: optionalFile("File holding that user's password (one line; read at start, never logged); keep it mode 0600."),
     }),
   }),
+  host: section("This compute host, for `fitha agent` (and lockd's fencing).", {
+    name: hostNameField("This host's name in fitha (its etcd keys, events, status)."),
+    hypervisor: text({
+      doc: "libvirt URI of this host's VMs.",
+      pattern: /^[a-z0-9+]+:\/\/[\x21-\x7e]*$/,
+      accepts: 'a libvirt URI like "qemu:///system"',
+      default: "qemu:///system",
+    }),
+    addresses: section("This host's address on each network plane.", {
+      management: planeAddress("management"),
+      storage: planeAddress("storage"),
+      service: planeAddress("service"),
+    }),
+  }),
+  controller: section("`fitha controller`: three run, one leads (an etcd election on the management cluster).", {
+    name: hostNameField("This controller's name in the election and in events."),
+    election_ttl_ms: integer({
+      doc: "Leadership lease: a standby takes over within twice this after the leader dies or is cut off; the leader stops deciding before its lease can lapse.",
+      min: 2_000,
+      max: 120_000,
+      default: 10_000,
+    }),
+    probe_interval_ms: integer({
+      doc: "How often the leader checks that each plane's etcd answers; a silent one is a platform fault (no HA decisions from its heartbeats).",
+      min: 100,
+      max: 60_000,
+      default: 2_000,
+    }),
+  }),
 };
 
 export type FithaConfig = ConfigOf<typeof fithaConfigSchema>;
+
+/** "" means: the system host name (what `hostname` prints). */
+function hostNameField(doc: string) {
+  return text({
+    doc,
+    pattern: /^([A-Za-z0-9][A-Za-z0-9._-]{0,62})?$/,
+    accepts: 'a host name (letters, digits, ".", "_", "-"; at most 63), or "" for the system host name',
+    default: "",
+  });
+}
+
+function planeAddress(plane: Plane) {
+  return text({
+    doc: `This host's address on the ${plane} plane (for operators and placement); "" if unknown.`,
+    pattern: /^[0-9A-Za-z.:_-]{0,253}$/,
+    accepts: 'an IP address or host name, or ""',
+    default: "",
+  });
+}

@@ -9,6 +9,8 @@ export interface TestConfig {
   prefix?: string;
   dialTimeoutMs?: number;
   requestTimeoutMs?: number;
+  /** More TOML, appended as is (e.g. the [host] and [controller] sections). */
+  extra?: string;
 }
 
 /** Writes a fitha.toml into `dir` and returns its path. */
@@ -28,6 +30,7 @@ export async function writeConfig(dir: string, config: TestConfig): Promise<stri
       cluster(config.storage ?? config.management),
       "[etcd.service]",
       cluster(config.service ?? config.management),
+      config.extra ?? "",
     ].join("\n"),
   );
   return path;

@@ -18,6 +18,7 @@ import { HypervisorError } from "../../virt/hypervisor.ts";
 import { defaultQemuRunDir, qemuProcessKiller } from "../../virt/qemu-processes.ts";
 import { WorkerHypervisor } from "../../virt/worker-hypervisor.ts";
 import { logArgs } from "../args.ts";
+import { stopSignal } from "../daemon.ts";
 
 const log = logger("lockd");
 
@@ -90,10 +91,7 @@ export const lockdCommand = defineCommand({
       socketGroupId === undefined ? {} : { groupId: socketGroupId },
     );
     log.info("lockd ready", { socket: socketPath, host_id: daemon.lease.hostId, generation: daemon.lease.generation, started_by: daemon.startedBy });
-    const signal = await new Promise<string>((resolve) => {
-      process.once("SIGTERM", () => resolve("SIGTERM"));
-      process.once("SIGINT", () => resolve("SIGINT"));
-    });
+    const signal = await stopSignal();
     // VM leases stay held and the state stays on disk: a lockd restarted within the renewal
     // window resumes them, and the VMs keep running.
     log.info("stopping; held VM leases stay held for the next lockd to resume", { signal });

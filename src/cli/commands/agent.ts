@@ -1,0 +1,48 @@
+import { defineCommand } from "citty";
+import { hostname } from "node:os";
+import { ExitCode, FithaError } from "../../errors.ts";
+import { Agent } from "../../agent/agent.ts";
+import { monotonicClock } from "../../core/clock.ts";
+import { logger } from "../../log.ts";
+import { keys } from "../../store/keys.ts";
+import { KvError } from "../../store/kv.ts";
+import { buildInfo } from "../../version.ts";
+import { HypervisorError } from "../../virt/hypervisor.ts";
+import { WorkerHypervisor } from "../../virt/worker-hypervisor.ts";
+import { configArg, logArgs } from "../args.ts";
+import { loadCommandConfig } from "../command-config.ts";
+import { closePlanes, connectPlanes, stopSignal } from "../daemon.ts";
+
+const log = logger("agent");
+
+export const agentCommand = defineCommand({
+  meta: { description: "Run the host agent: registers this host, heartbeats on the three network planes" },
+  args: { ...configArg, ...logArgs },
+  async run({ args }) {
+    const { config } = await loadCommandConfig(args);
+    const host = config.host.name === "" ? hostname() : config.host.name;
+    const kv = connectPlanes(config);
+    let hypervisor: WorkerHypervisor | undefined;
+    let agent: Agent;
+    try {
+      hypervisor = await WorkerHypervisor.open(config.host.hypervisor, { callTimeoutMs: 30_000 });
+      agent = await Agent.start(
+        { host, addresses: config.host.addresses, agentVersion: buildInfo.version },
+        { clock: monotonicClock, now: () => new Date(), kv, keys: keys(config.etcd.prefix), hypervisor },
+      );
+    } catch (error) {
+      await hypervisor?.close();
+      closePlanes(kv);
+      if (error instanceof KvError || error instanceof HypervisorError) throw new FithaError(`agent: cannot start: ${error.message}`);
+      throw error;
+    }
+    log.info("agent ready", { host, host_id: agent.hostId });
+    const signal = await stopSignal();
+    // Heartbeats are left to expire: an agent restarted within their TTL keeps its planes up.
+    log.info("stopping; heartbeats expire unless an agent renews them", { signal });
+    await agent.stop();
+    await hypervisor.close();
+    closePlanes(kv);
+    return ExitCode.ok;
+  },
+});

@@ -1,0 +1,33 @@
+import { defineCommand } from "citty";
+import { hostname } from "node:os";
+import { ExitCode } from "../../errors.ts";
+import { Controller } from "../../controller/controller.ts";
+import { monotonicClock } from "../../core/clock.ts";
+import { logger } from "../../log.ts";
+import { keys } from "../../store/keys.ts";
+import { configArg, logArgs } from "../args.ts";
+import { loadCommandConfig } from "../command-config.ts";
+import { closePlanes, connectPlanes, stopSignal } from "../daemon.ts";
+
+const log = logger("controller");
+
+export const controllerCommand = defineCommand({
+  meta: { description: "Run a controller: one of three leads (etcd election), detects host and plane faults, applies the strategy" },
+  args: { ...configArg, ...logArgs },
+  async run({ args }) {
+    const { config } = await loadCommandConfig(args);
+    const name = config.controller.name === "" ? hostname() : config.controller.name;
+    const kv = connectPlanes(config);
+    const controller = new Controller(
+      { name, electionTtlMs: config.controller.election_ttl_ms, probeIntervalMs: config.controller.probe_interval_ms },
+      { clock: monotonicClock, now: () => new Date(), kv, keys: keys(config.etcd.prefix) },
+    );
+    controller.start();
+    log.info("controller campaigning", { name });
+    const signal = await stopSignal();
+    log.info("stopping; a standby takes over", { signal });
+    await controller.stop();
+    closePlanes(kv);
+    return ExitCode.ok;
+  },
+});
