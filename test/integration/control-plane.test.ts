@@ -166,4 +166,19 @@ describe("control plane with real etcd and processes", () => {
     expect(written.map((e) => e.key)).toEqual([]);
     expect(await leader()).not.toBe(first);
   }, 60_000);
+
+  test("leader SIGKILLed: the other controller leads within twice the lease TTL", async () => {
+    const current = await leader();
+    expect(current).toBeDefined();
+    const victim = controllers.get(current!)!;
+    victim.kill("SIGKILL");
+    await victim.exited;
+    const killedAtMs = Date.now();
+    await eventually(async () => {
+      const now = await leader();
+      return now !== undefined && now !== current;
+    }, 2 * 2_000 + 4_000, "the other controller leads");
+    // etcd's lease expiry runs every 500 ms and the standby needs a round trip or two: 2 × TTL plus slack.
+    expect(Date.now() - killedAtMs).toBeLessThan(2 * 2_000 + 2_000);
+  }, 30_000);
 });
