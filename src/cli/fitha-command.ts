@@ -13,6 +13,9 @@ export const fithaCommand = defineCommand({
   },
   subCommands: {
     status: () => import("./commands/status.ts").then((m) => m.statusCommand),
+    events: () => import("./commands/events.ts").then((m) => m.eventsCommand),
+    maintenance: () => import("./commands/maintenance.ts").then((m) => m.maintenanceCommand),
+    strategy: () => import("./commands/strategy.ts").then((m) => m.strategyCommand),
     lockd: () => import("./commands/lockd.ts").then((m) => m.lockdCommand),
     agent: () => import("./commands/agent.ts").then((m) => m.agentCommand),
     controller: () => import("./commands/controller.ts").then((m) => m.controllerCommand),

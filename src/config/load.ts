@@ -62,7 +62,8 @@ async function readConfigText(file: string): Promise<string> {
   }
 }
 
-function describeFsError(error: unknown): string {
+/** Why a file could not be read, in a few words ("no such file", "permission denied"). */
+export function describeFsError(error: unknown): string {
   const code = (error as { code?: unknown } | null)?.code;
   if (code === "ENOENT") return "no such file";
   if (code === "EACCES") return "permission denied";

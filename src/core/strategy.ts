@@ -63,7 +63,7 @@ export function describeStates(states: PlaneStates): string {
 }
 
 /**
- * The template's JSON form (stable; `fitha strategy show --json` prints it):
+ * The template's JSON form (stable; `fitha strategy default` prints it, `fitha strategy show --json` has it as "strategy"):
  *   { "grace_ms": 120000, "rows": [ { "management": "down", "service": "down", "storage": "down", "ha": true }, … ] }
  */
 export function strategyToJson(strategy: Strategy): { grace_ms: number; rows: Array<Record<Plane, PlaneState> & { ha: boolean }> } {

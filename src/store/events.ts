@@ -62,6 +62,8 @@ export interface EventList {
   readonly more: boolean;
   /** The last sequence read (good or bad): the `since` of the next page. */
   readonly lastSequence: string | undefined;
+  /** The revision the page was read at. */
+  readonly revision: bigint;
 }
 
 export interface ListEventsOptions {
@@ -80,7 +82,77 @@ export async function listEvents(kv: Kv, keys: Keys, options: ListEventsOptions)
     bad: list.bad,
     more: list.more,
     lastSequence: list.lastKey === undefined ? undefined : sequenceOf(list.lastKey),
+    revision: list.revision,
   };
+}
+
+/** The time part of a sequence (ms since the epoch); undefined for a key fitha did not write. */
+function sequenceTimeMs(sequence: string): number | undefined {
+  const match = /^([0-9]{15})-/.exec(sequence);
+  return match === null ? undefined : Number(match[1]);
+}
+
+export interface RecentEventsOptions {
+  /** At most this many events: the newest that `match` accepts. */
+  readonly limit: number;
+  /** The time (ms since the epoch) the look back starts from: now. */
+  readonly nowMs: number;
+  readonly match?: (event: EventRecord) => boolean;
+  /** Events per read (tests make it small). */
+  readonly pageSize?: number;
+}
+
+export interface RecentEvents {
+  /** Oldest first. */
+  readonly events: EventList["events"];
+  readonly bad: readonly DecodeError[];
+  /** The revision of the first read: an event written later has a higher one (a watch from revision + 1 misses none). */
+  readonly revision: bigint;
+}
+
+/** The first look back covers this much; each further one twice the one before. */
+const firstLookBackMs = 60 * 60_000;
+
+/**
+ * The newest `limit` events that `match` accepts, oldest first, without reading the whole log:
+ * etcd ranges go oldest first only, so it reads windows of time backwards from `nowMs` (an hour,
+ * then two more, then four more, ...), each oldest first in pages, until it has `limit` events
+ * or has covered the oldest event. Every event is read once (plus at most one page that runs
+ * into the next window), and the windows double, so the reads are bounded by the log's size
+ * (trimEvents keeps it bounded) and its time span, whatever `match` accepts.
+ */
+export async function listRecentEvents(kv: Kv, keys: Keys, options: RecentEventsOptions): Promise<RecentEvents> {
+  const { limit, nowMs, match = () => true, pageSize = 500 } = options;
+  if (!(Number.isSafeInteger(limit) && limit > 0)) throw new RangeError(`recent events limit ${limit}`);
+  const oldest = await listEvents(kv, keys, { limit: 1 });
+  if (oldest.lastSequence === undefined) return { events: [], bad: [], revision: oldest.revision };
+  // A key fitha did not write has no time: look back to the epoch then (still bounded by the doubling).
+  const oldestMs = sequenceTimeMs(oldest.lastSequence) ?? 0;
+  /** Newest window first; each oldest first. */
+  const windows: EventList["events"][] = [];
+  const bad: DecodeError[] = [];
+  let found = 0;
+  /** Where the previous (newer) window began: this one ends just before it. None for the first. */
+  let end: string | undefined;
+  for (let lookBackMs = firstLookBackMs; found < limit; lookBackMs *= 2) {
+    const startMs = Math.max(0, nowMs - lookBackMs);
+    const windowEnd = end;
+    const inWindow = (sequence: string) => windowEnd === undefined || sequence < windowEnd;
+    const window: EventList["events"][number][] = [];
+    let since = sequenceBefore(startMs);
+    for (;;) {
+      const page = await listEvents(kv, keys, { limit: pageSize, since });
+      window.push(...page.events.filter((e) => inWindow(e.sequence) && match(e.record)));
+      bad.push(...page.bad.filter((error) => inWindow(error.source.slice(keys.eventsPrefix.length))));
+      if (!page.more || page.lastSequence === undefined || !inWindow(page.lastSequence)) break;
+      since = page.lastSequence;
+    }
+    windows.push(window);
+    found += window.length;
+    if (startMs <= oldestMs) break;
+    end = sequenceBefore(startMs);
+  }
+  return { events: windows.reverse().flat().slice(-limit), bad, revision: oldest.revision };
 }
 
 export interface RetentionOptions {

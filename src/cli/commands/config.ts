@@ -40,6 +40,11 @@ const checkCommand = defineCommand({
 });
 
 export const configCommand = defineCommand({
-  meta: { description: "Work with fitha configuration" },
-  subCommands: { check: checkCommand },
+  meta: { description: "Work with fitha configuration: the file (check) and the runtime settings in etcd (get, set)" },
+  // Lazily, as in fitha-command.ts: `config check` runs offline and needs no etcd client.
+  subCommands: {
+    check: checkCommand,
+    get: () => import("./runtime-settings.ts").then((m) => m.getCommand),
+    set: () => import("./runtime-settings.ts").then((m) => m.setCommand),
+  },
 });
