@@ -87,12 +87,13 @@ export class ControllerCore {
       const hostPlanes = view.planes(host)!;
       const decision = decideHost({ planes: hostPlanes, strategy, mode, hostMaintenance: inputs.hostsInMaintenance.has(host), nowMs });
       decisions.set(host, decision);
-      if (decision.kind === "no-ha" && decision.why === "grace") {
-        const endsMs = Math.max(...planes.map((plane) => hostPlanes[plane].sinceMs)) + strategy.graceMs;
-        nextWakeMs = nextWakeMs === undefined ? endsMs : Math.min(nextWakeMs, endsMs);
-      }
+      const rowEndsGraceMs = Math.max(...planes.map((plane) => hostPlanes[plane].sinceMs)) + strategy.graceMs;
+      // A row the strategy excludes is news only once it has lasted the grace period: planes of
+      // a starting host come up one by one, through rows that mean nothing.
+      const unsettled = decision.kind === "no-ha" && (decision.why === "grace" || decision.why === "strategy") && nowMs < rowEndsGraceMs;
+      if (unsettled) nextWakeMs = nextWakeMs === undefined ? rowEndsGraceMs : Math.min(nextWakeMs, rowEndsGraceMs);
       if (decision.kind === "no-ha" && decision.why === "healthy") this.#requested.delete(host);
-      const key = decision.kind === "ha-needed" ? "ha-needed" : (`no-ha:${decision.why}` as const);
+      const key = decision.kind === "ha-needed" ? "ha-needed" : unsettled ? (`no-ha:${decision.why}-unsettled` as const) : (`no-ha:${decision.why}` as const);
       // Published when the planes or the kind of decision change (not the reason's running clock).
       const published = JSON.stringify([planes.map((plane) => [hostPlanes[plane].state, hostPlanes[plane].sinceMs]), key]);
       if (this.#lastPublished.get(host) !== published) {
@@ -107,7 +108,7 @@ export class ControllerCore {
           effects.push({ type: "request-recovery", host, planes: decision.planes, reason: decision.reason });
         }
         this.#requested.add(host);
-      } else if (previous !== key && (decision.why === "strategy" || decision.why === "maintenance" || decision.why === "self-defense")) {
+      } else if (previous !== key && !unsettled && (decision.why === "strategy" || decision.why === "maintenance" || decision.why === "self-defense")) {
         // Why a host with planes down gets no HA is news once: the strategy excludes its row, or
         // maintenance or self-defense holds it back. (A platform fault is one cluster-wide event.)
         event("ha-not-needed", host, decision.reason);
@@ -132,7 +133,7 @@ export class ControllerCore {
     if (previous === undefined) return;
     for (const plane of planes) {
       if (previous[plane] === current[plane] || current[plane] === "unknown" || previous[plane] === "unknown") continue;
-      event(current[plane] === "down" ? "plane-down" : "plane-up", host, `${plane} plane heartbeat ${current[plane] === "down" ? "lost" : "back"}`);
+      event(current[plane] === "down" ? "plane-down" : "plane-up", host, `${plane} plane heartbeat ${current[plane] === "down" ? "lost" : "seen"}`);
     }
   }
 

@@ -28,7 +28,8 @@ export const hostRecord: Codec<HostRecord> = (raw, source) => {
   return f.done({
     name: f.string(r["name"], "name", { pattern: hostName }),
     hostId: f.integer(r["hostId"], "hostId", 1, 2000),
-    addresses: { management: f.string(addresses["management"], "addresses.management"), storage: f.string(addresses["storage"], "addresses.storage"), service: f.string(addresses["service"], "addresses.service") },
+    // "" when the host's config does not say ([host.addresses]).
+    addresses: { management: f.text(addresses["management"], "addresses.management", 253), storage: f.text(addresses["storage"], "addresses.storage", 253), service: f.text(addresses["service"], "addresses.service", 253) },
     capacity: { cpus: f.integer(capacity["cpus"], "capacity.cpus", 0, 1_000_000), memoryKiB: f.integer(capacity["memoryKiB"], "capacity.memoryKiB", 0, Number.MAX_SAFE_INTEGER) },
     agentVersion: f.string(r["agentVersion"], "agentVersion", { maxLength: 64 }),
     registeredAt: f.time(r["registeredAt"], "registeredAt"),

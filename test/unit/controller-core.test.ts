@@ -62,7 +62,8 @@ describe("controller core", () => {
       expect(rowNumber(states)).toBe(row);
       const first = c.step();
       expect(first.decisions.get("host-3")).toMatchObject(wanted ? { kind: "no-ha", why: "grace" } : { kind: "no-ha", why: "strategy" });
-      expect(first.nextWakeMs).toBe(wanted ? c.nowMs + graceMs : undefined);
+      // Either way the row is looked at again when it has lasted the grace period (to recover, or to report it).
+      expect(first.nextWakeMs).toBe(c.nowMs + graceMs);
       expect(requests(c.step(graceMs - 1).effects)).toEqual([]);
       const after = c.step(1);
       expect(requests(after.effects)).toEqual(wanted ? ["host-3"] : []);
@@ -159,9 +160,12 @@ describe("controller core", () => {
     c.step();
     c.set("host-2", { service: "down" });
     const down = c.step();
-    expect(kinds(down.effects)).toEqual(["plane-down:host-2", "ha-not-needed:host-2"]);
-    expect(down.effects.find((e) => e.type === "event" && e.kind === "ha-not-needed")).toMatchObject({ reason: "management up, storage up, service down (strategy row 5): the strategy says no HA" });
+    expect(kinds(down.effects)).toEqual(["plane-down:host-2"]);
     expect(down.effects.filter((e) => e.type === "host-state").map((e) => e.type === "host-state" && e.host)).toEqual(["host-2"]);
+    // A row the strategy excludes is reported once it has lasted the grace period, not while planes are still changing.
+    const settled = c.step(graceMs);
+    expect(kinds(settled.effects)).toEqual(["ha-not-needed:host-2"]);
+    expect(settled.effects.find((e) => e.type === "event")).toMatchObject({ reason: "management up, storage up, service down (strategy row 5): the strategy says no HA" });
     c.set("host-2", { service: "up" });
     expect(kinds(c.step().effects)).toEqual(["plane-up:host-2"]);
   });
