@@ -18,6 +18,7 @@ import { startEtcd, type LocalEtcd } from "../helpers/etcd.ts";
 import { etcdSettings } from "../helpers/etcd-settings.ts";
 import { fithaBinary } from "../helpers/fitha.ts";
 import { startLinkProxy, type LinkProxy } from "../helpers/link-proxy.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { terminate } from "../helpers/terminate.ts";
 import { tempDir, type TempDir } from "../helpers/tmp.ts";
 
@@ -109,15 +110,6 @@ async function leader(): Promise<string | undefined> {
   return entry === undefined ? undefined : (JSON.parse(entry.value) as { name: string }).name;
 }
 
-/** Polls every 100 ms for at most `timeoutMs`. */
-async function eventually(condition: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`);
-    await Bun.sleep(100);
-  }
-}
-
 describe("control plane with real etcd and processes", () => {
   test("every strategy row at once: one host per row, its plane links cut → recovery requested exactly for the rows that call for HA, not before the grace period", async () => {
     await admin.management.put(keys.settings, JSON.stringify({ ...settingsToJson(defaultSettings), heartbeat_interval_ms: 500, heartbeat_ttl_ms: ttlMs, self_defense_down_percent: 90, self_recovery_healthy_percent: 95 }));
@@ -125,8 +117,8 @@ describe("control plane with real etcd and processes", () => {
     const hosts = await Promise.all(Array.from({ length: 8 }, (_, row) => startHost(`row-${row}`)));
     await startController("controller-a");
     await startController("controller-b");
-    await eventually(async () => (await hostsOf(keys.hostStatesPrefix)).length === 8, 30_000, "the leader sees all 8 hosts");
-    await eventually(async () => (await Promise.all(planes.map((p) => hostsOf(keys.heartbeatsPrefix(p), admin[p])))).every((h) => h.length === 8), 10_000, "every heartbeat up");
+    await eventually("the leader sees all 8 hosts", async () => (await hostsOf(keys.hostStatesPrefix)).length === 8, 30_000);
+    await eventually("every heartbeat up", async () => (await Promise.all(planes.map((p) => hostsOf(keys.heartbeatsPrefix(p), admin[p])))).every((h) => h.length === 8), 10_000);
 
     const wanted: string[] = [];
     for (const [row, host] of hosts.entries()) {
@@ -138,7 +130,7 @@ describe("control plane with real etcd and processes", () => {
     await Bun.sleep(graceMs / 2);
     // Not before the key's TTL plus the grace period can have passed.
     expect(await hostsOf(keys.recoveryRequestsPrefix)).toEqual([]);
-    await eventually(async () => (await hostsOf(keys.recoveryRequestsPrefix)).length >= wanted.length, detectionBoundMs, "recovery requests for the HA rows");
+    await eventually("recovery requests for the HA rows", async () => (await hostsOf(keys.recoveryRequestsPrefix)).length >= wanted.length, detectionBoundMs);
     expect(Date.now() - cutAtMs).toBeGreaterThanOrEqual(graceMs);
     // Give a wrong one time to show up, then check: exactly the √ rows.
     await Bun.sleep(graceMs);
@@ -153,10 +145,10 @@ describe("control plane with real etcd and processes", () => {
     const leaderProcess = controllers.get(first!)!;
     leaderProcess.kill("SIGSTOP");
     const stoppedAtMs = Date.now();
-    await eventually(async () => {
+    await eventually("a standby leads", async () => {
       const now = await leader();
       return now !== undefined && now !== first;
-    }, 4 * 2_000 + 4_000, "a standby leads");
+    }, 4 * 2_000 + 4_000);
     expect(Date.now() - stoppedAtMs).toBeLessThan(2 * 2_000 + 4_000);
     const takeover = (await admin.management.getPrefix(keys.prefix + "/")).revision;
     leaderProcess.kill("SIGCONT");
@@ -174,10 +166,10 @@ describe("control plane with real etcd and processes", () => {
     victim.kill("SIGKILL");
     await victim.exited;
     const killedAtMs = Date.now();
-    await eventually(async () => {
+    await eventually("the other controller leads", async () => {
       const now = await leader();
       return now !== undefined && now !== current;
-    }, 2 * 2_000 + 4_000, "the other controller leads");
+    }, 2 * 2_000 + 4_000);
     // etcd's lease expiry runs every 500 ms and the standby needs a round trip or two: 2 × TTL plus slack.
     expect(Date.now() - killedAtMs).toBeLessThan(2 * 2_000 + 2_000);
   }, 30_000);

@@ -11,6 +11,7 @@ import { readRecord } from "../../src/store/typed.ts";
 import { startEtcd, type LocalEtcd } from "../helpers/etcd.ts";
 import { etcdSettings } from "../helpers/etcd-settings.ts";
 import { startLinkProxy } from "../helpers/link-proxy.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 /** etcd grants 2 s at least; 3 s leaves room for a loaded machine within the 2 TTL bound. */
 const ttlMs = 3_000;
@@ -37,14 +38,6 @@ function candidate(kv: EtcdKv, key: string, who: string, timeline: Timeline): El
     onElected: () => timeline.push({ who, what: "elected", atMs: monotonicClock.nowMs() }),
     onLost: () => timeline.push({ who, what: "lost", atMs: monotonicClock.nowMs() }),
   });
-}
-
-async function waitFor(what: string, done: () => boolean, maxMs: number): Promise<void> {
-  const deadline = performance.now() + maxMs;
-  while (!done()) {
-    if (performance.now() > deadline) throw new Error(`${what}: not within ${maxMs} ms`);
-    await Bun.sleep(10);
-  }
 }
 
 /** Checks every few ms that no two of `elections` lead at once, until stop(). */
@@ -89,7 +82,7 @@ test("a leader process SIGKILLed: a standby leads within 2 TTL", async () => {
     expect(standby.isLeader(monotonicClock.nowMs())).toBe(false);
     const killedAtMs = monotonicClock.nowMs();
     doomed.kill("SIGKILL");
-    await waitFor("the standby's election", () => timeline.length > 0, 4 * ttlMs);
+    await eventually("the standby's election", () => timeline.length > 0, 4 * ttlMs);
     expect(timeline[0]!.atMs - killedAtMs).toBeLessThanOrEqual(2 * ttlMs);
     const record = await readRecord(kv, key, leaderRecord);
     expect(record !== undefined && "record" in record ? record.record.name : undefined).toBe("ctl-standby");
@@ -115,7 +108,7 @@ test("a leader whose link to etcd is cut (packets dropped) stops leading before 
     void standby.campaign("ctl-standby");
     await Bun.sleep(300);
     proxy.cut("drop");
-    await waitFor("the standby's election", () => timeline.some((t) => t.who === "standby"), 4 * ttlMs);
+    await eventually("the standby's election", () => timeline.some((t) => t.who === "standby"), 4 * ttlMs);
     const lost = timeline.find((t) => t.who === "leader" && t.what === "lost");
     const elected = timeline.find((t) => t.who === "standby" && t.what === "elected");
     expect(lost).toBeDefined();
@@ -145,14 +138,14 @@ test("etcd frozen (SIGSTOP) for longer than the TTL: the leader stops leading be
     const stoppedAtMs = monotonicClock.nowMs();
     process.kill(etcd!.pid, "SIGSTOP");
     try {
-      await waitFor("the leader's loss", () => timeline.some((t) => t.what === "lost"), 2 * ttlMs);
+      await eventually("the leader's loss", () => timeline.some((t) => t.what === "lost"), 2 * ttlMs);
       expect(leader.isLeader(monotonicClock.nowMs())).toBe(false);
       await Bun.sleep(500);
     } finally {
       process.kill(etcd!.pid, "SIGCONT");
     }
     // Either may win once etcd has expired the lease: not before the loss.
-    await waitFor("a new election", () => timeline.filter((t) => t.what === "elected").length > 1, 4 * ttlMs);
+    await eventually("a new election", () => timeline.filter((t) => t.what === "elected").length > 1, 4 * ttlMs);
     const lost = timeline.find((t) => t.what === "lost")!;
     const next = timeline.filter((t) => t.what === "elected")[1]!;
     expect(lost.atMs - stoppedAtMs).toBeLessThanOrEqual(ttlMs);

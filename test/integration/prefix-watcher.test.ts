@@ -13,6 +13,7 @@ import { PrefixWatcher, type WatcherState } from "../../src/store/watcher.ts";
 import { startEtcd, type LocalEtcd } from "../helpers/etcd.ts";
 import { etcdSettings } from "../helpers/etcd-settings.ts";
 import { startLinkProxy, type LinkProxy } from "../helpers/link-proxy.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const retry = { initialDelayMs: 100, maxDelayMs: 1_000, giveUpAfterMs: 60_000 };
 
@@ -53,14 +54,6 @@ function mirror() {
   };
 }
 
-async function waitFor(what: string, done: () => boolean, maxMs: number): Promise<void> {
-  const deadline = performance.now() + maxMs;
-  while (!done()) {
-    if (performance.now() > deadline) throw new Error(`${what}: not within ${maxMs} ms`);
-    await Bun.sleep(20);
-  }
-}
-
 interface Setup extends AsyncDisposable {
   readonly prefix: string;
   readonly proxy: LinkProxy;
@@ -79,7 +72,7 @@ async function setup(): Promise<Setup> {
   const writer = EtcdKv.connect(etcdSettings({ endpoint: etcd!.endpoint }), "management");
   const seen = mirror();
   const watcher = new PrefixWatcher(link, prefix, seen.listener, monotonicClock, { retry });
-  await waitFor("first connection", () => watcher.state.kind === "connected", 10_000);
+  await eventually("first connection", () => watcher.state.kind === "connected", 10_000);
   return {
     prefix,
     proxy,
@@ -119,12 +112,12 @@ test("the watcher's connection cut mid-stream: writes made meanwhile arrive once
   try {
     const written = await write(s.writer, s.prefix, 20, "before");
     s.proxy.cut("reset");
-    await waitFor("retrying", () => s.watcher.state.kind === "retrying", 5_000);
+    await eventually("retrying", () => s.watcher.state.kind === "retrying", 5_000);
     written.push(...(await write(s.writer, s.prefix, 20, "cut")));
     s.proxy.restore();
     written.push(...(await write(s.writer, s.prefix, 20, "after")));
     // etcd3's circuit breaker may refuse calls for 5 s after the failures.
-    await waitFor("every write", () => s.watcher.lastRevision === written.at(-1), 15_000);
+    await eventually("every write", () => s.watcher.lastRevision === written.at(-1), 15_000);
     expect(s.seen.revisions).toEqual(written);
     expect(s.seen.snapshots).toHaveLength(1);
     expect(s.seen.state).toEqual(await s.truth());
@@ -147,7 +140,7 @@ test("etcd frozen mid-stream (SIGSTOP), with writes pending: every revision once
     process.kill(etcd!.pid, "SIGCONT");
   }
   written.push(...(await writes), ...(await write(s.writer, s.prefix, 10, "after")));
-  await waitFor("every write", () => s.watcher.lastRevision === written.at(-1), 15_000);
+  await eventually("every write", () => s.watcher.lastRevision === written.at(-1), 15_000);
   expect(s.seen.revisions).toEqual(written);
   expect(s.seen.state).toEqual(await s.truth());
 });
@@ -155,9 +148,9 @@ test("etcd frozen mid-stream (SIGSTOP), with writes pending: every revision once
 test("history compacted while the watcher was cut off: one snapshot of the current state, then revisions again", async () => {
   await using s = await setup();
   await write(s.writer, s.prefix, 10, "before");
-  await waitFor("first writes", () => s.seen.revisions.length === 10, 10_000);
+  await eventually("first writes", () => s.seen.revisions.length === 10, 10_000);
   s.proxy.cut("reset");
-  await waitFor("retrying", () => s.watcher.state.kind === "retrying", 5_000);
+  await eventually("retrying", () => s.watcher.state.kind === "retrying", 5_000);
   const cutOff = await write(s.writer, s.prefix, 10, "cut");
   const admin = new Etcd3({ hosts: etcd!.endpoint });
   try {
@@ -166,12 +159,12 @@ test("history compacted while the watcher was cut off: one snapshot of the curre
     admin.close();
   }
   s.proxy.restore();
-  await waitFor("the snapshot", () => s.seen.snapshots.length === 2, 15_000);
+  await eventually("the snapshot", () => s.seen.snapshots.length === 2, 15_000);
   expect(s.seen.snapshots[1]).toBeGreaterThanOrEqual(cutOff.at(-1)!);
   expect(s.seen.revisions).toHaveLength(10);
   expect(s.seen.state).toEqual(await s.truth());
   const after = await write(s.writer, s.prefix, 5, "after");
-  await waitFor("later writes", () => s.watcher.lastRevision === after.at(-1), 10_000);
+  await eventually("later writes", () => s.watcher.lastRevision === after.at(-1), 10_000);
   expect(s.seen.revisions.slice(10)).toEqual(after);
   expect(s.seen.state).toEqual(await s.truth());
 });

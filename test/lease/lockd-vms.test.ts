@@ -18,6 +18,7 @@ import { fithaBinary, runFitha } from "../helpers/fitha.ts";
 import { formatLeaseFile, killStartedLockds, lockdHost, startLockd, testIoTimeoutS, type LockdHost } from "../helpers/lockd.ts";
 import { domainXml, startLibvirtd, type LocalLibvirtd } from "../helpers/libvirtd.ts";
 import { tempDir } from "../helpers/tmp.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const slots = 64;
 const watchdogs = new Set<Bun.Subprocess>();
@@ -70,15 +71,6 @@ async function running(): Promise<string[]> {
   return (await hypervisor.listDomains()).filter((d) => d.state === "running" && d.name.startsWith("vm-")).map((d) => d.name).sort();
 }
 
-/** Polls `condition` every 50 ms for at most `timeoutMs`. */
-async function eventually(condition: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`);
-    await Bun.sleep(50);
-  }
-}
-
 describe("lockd with VMs", () => {
   test("kill -9 with 50 leases, restart within the window: all 50 VMs keep running; after 5 were taken meanwhile, exactly those 5 are destroyed", async () => {
     await using dir = await tempDir("lockd-vms-restart");
@@ -109,7 +101,7 @@ describe("lockd with VMs", () => {
     }
     await startLockd(h);
     expect(await status(h)).toMatchObject({ started_by: "resumed" });
-    await eventually(async () => (await status(h)).leases.length === 45, 10_000, "re-validation drops the 5 taken leases");
+    await eventually("re-validation drops the 5 taken leases", async () => (await status(h)).leases.length === 45, 10_000);
     expect(await running()).toEqual(vms.slice(5));
     for (const vm of vms.slice(0, 5)) expect((await hypervisor.lookup(vm))?.state).toBe("shutoff");
   }, 90_000);
@@ -130,14 +122,14 @@ describe("lockd with VMs", () => {
     // Until validUntil lockd is, as far as anyone can tell, fine: the VMs must keep running.
     await Bun.sleep(Math.max(0, fireInMs - 300));
     expect(await running()).toEqual(vms);
-    await eventually(async () => (await running()).length === 0, 2_000 + 300, "the watchdog stops the VMs right after validUntil");
+    await eventually("the watchdog stops the VMs right after validUntil", async () => (await running()).length === 0, 2_000 + 300);
     expect(clockBoottimeMs()).toBeGreaterThanOrEqual(state.validUntilMs);
 
     lockd.kill("SIGCONT");
-    await eventually(async () => {
+    await eventually("lockd sees its lease lost and drops the leases (their VMs already stopped)", async () => {
       const now = await status(h).catch(() => undefined);
       return now?.phase === "failed" && now.leases.length === 0;
-    }, 5_000, "lockd sees its lease lost and drops the leases (their VMs already stopped)");
+    }, 5_000);
     expect(await status(h)).toMatchObject({ phase: "failed", leases: [] });
     const acquire = await runFitha(["lease", "acquire", "vm-00", "--slot", "0", "--socket", h.socket]);
     expect(acquire.exitCode).toBe(1);
@@ -188,7 +180,7 @@ describe("lockd with VMs", () => {
       expect(question).toMatchObject({ question: 1, vms });
       const answer = await runFitha(["lease", "answer", String(question.question), "fence", "--socket", h.socket]);
       expect(answer).toMatchObject({ exitCode: 0, stdout: `question ${question.question}: answered fence\n` });
-      await eventually(async () => (await running()).length === 0, 1_000, "fencing after the answer");
+      await eventually("fencing after the answer", async () => (await running()).length === 0, 1_000);
       // Renewal-fail is at most 4 s after the hang began (the last renewal started before it).
       expect(Date.now() - hungAtMs).toBeLessThan(8 * testIoTimeoutS * 1000);
       expect(await status(h)).toMatchObject({ leases: [], fenced: { vms, failed: [] } });
@@ -198,10 +190,10 @@ describe("lockd with VMs", () => {
   test("storage hangs for lockd alone: answer no-fence → VMs kept past renewal-fail; storage back → renewed, all leases re-validated and kept", async () => {
     await hungStorage(async ({ h, vms, question, release }) => {
       await runFitha(["lease", "answer", String(question.question), "no-fence", "--socket", h.socket]);
-      await eventually(async () => (await status(h)).phase === "grace", 5_000, "past renewal-fail on the grace");
+      await eventually("past renewal-fail on the grace", async () => (await status(h)).phase === "grace", 5_000);
       expect(await running()).toEqual(vms);
       await release();
-      await eventually(async () => (await status(h)).phase === "ok", 5_000, "renewed once storage is back");
+      await eventually("renewed once storage is back", async () => (await status(h)).phase === "ok", 5_000);
       expect(await status(h)).toMatchObject({ fenced: null, leases: vms.map((vm) => ({ vm })) });
       expect(await running()).toEqual(vms);
     });
@@ -256,7 +248,7 @@ async function hungStorage(body: (hung: HungStorage) => Promise<void>): Promise<
   await cgroup.addProcess(lockd.pid);
   await cgroup.hang(loop.majorMinor);
   const hungAtMs = Date.now();
-  await eventually(async () => events.some((e) => e.event === "question"), 6_000, "a fencing question at renewal-warn");
+  await eventually("a fencing question at renewal-warn", async () => events.some((e) => e.event === "question"), 6_000);
   const question = events.find((e): e is Extract<LockdEvent, { event: "question" }> => e.event === "question")!;
   await body({ h, vms, question, hungAtMs, release: () => cgroup.release(loop.majorMinor) });
 }
