@@ -7,7 +7,8 @@
  * key lives under an etcd lease of heartbeat_ttl_ms, so it vanishes that long after the last
  * renewal, which is when the controller sees the plane down. Then the strategy's grace period
  * runs. Worst-case detection (a host dies right after a renewal):
- *   heartbeat_ttl_ms + grace_ms + one watch delivery  =  60 s + 120 s  at the defaults.
+ *   heartbeat_ttl_ms + etcd's expiry check (≤ 0.5 s) + grace_ms + a controller step (~50 ms)
+ *   = 180.6 s at the defaults (measured: scripts/bench/README.md, "control-plane").
  */
 import { Fields, type Codec } from "../store/codec.ts";
 
