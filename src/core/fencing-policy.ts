@@ -4,9 +4,9 @@
  * `no-fence` keeps the VMs running on a grace, and lockd then relies on the answer's promise
  * (src/lockd/README.md): at the moment of the question, no other host could read the lockspace,
  * so none of them can take the host's leases before the grace runs out. The controller can only
- * vouch for that when every other host that could act has its own storage trouble right now —
+ * vouch for that when every other registered host reports storage trouble of its own right now —
  * a global storage fault, where stopping every VM in the cluster would be the bigger harm. One
- * host that still reads the lockspace means the fault is local, and the answer is `fence`.
+ * host that may still read the lockspace means the fault is local, and the answer is `fence`.
  *
  * Agents send each event over all three planes; the same question arriving several times is one.
  */
