@@ -18,13 +18,17 @@
  * | P/events/SEQ                       | management      | EventRecord          | everyone (append)     |
  * | P/recovery-requests/NAME           | management      | RecoveryRequest      | active controller     |
  * | P/host-states/NAME                 | management      | HostStateRecord      | active controller     |
+ * | P/vms/UUID                         | management      | VmRecord             | `fitha vm` (add: create-only; ha: compare-and-swap) |
+ * | P/lease-slots/SLOT                 | management      | LeaseSlotClaim       | `fitha vm` (create-only txn) |
  *
  * NAME is a host name (DNS label characters); PLANE is management, storage or service (in the
  * key as well as the cluster: on a lab machine the three planes may share one cluster); SEQ is a
- * zero-padded, time-ordered id so that a range read returns events oldest first. A heartbeat key lives under an etcd lease whose TTL
- * makes it vanish when the agent stops renewing it: its absence is the "plane down" signal.
+ * zero-padded, time-ordered id so that a range read returns events oldest first. UUID is a VM's
+ * UUID in lower case (8-4-4-4-12 hex digits); SLOT is a VM lease slot, 5 digits zero-padded.
+ * A heartbeat key lives under an etcd lease whose TTL makes it vanish when the agent stops renewing it: its absence is the "plane down" signal.
  */
 import { planes, type Plane } from "../config/fitha-config.ts";
+import { maxSlots } from "../lease/layout.ts";
 
 export interface Keys {
   readonly prefix: string;
@@ -52,6 +56,12 @@ export interface Keys {
   /** The leader's view of each host (planes and decision), for `fitha status`. */
   readonly hostStatesPrefix: string;
   hostState(name: string): string;
+  /** The VM registry: one key per VM fitha knows, HA or not. */
+  readonly vmsPrefix: string;
+  vm(uuid: string): string;
+  /** Which VM owns each VM lease slot of the lockspace (vm-registry.ts). */
+  readonly leaseSlotsPrefix: string;
+  leaseSlot(slot: number): string;
 }
 
 /** Host names as keys: DNS label characters only, so no name can reach outside its prefix. */
@@ -60,6 +70,14 @@ const hostNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 export function checkHostName(name: string): string {
   if (!hostNamePattern.test(name)) throw new RangeError(`host name ${JSON.stringify(name)}: 1 to 63 letters, digits, ".", "_" or "-", starting with a letter or digit`);
   return name;
+}
+
+/** A VM's UUID as keys and records hold it: lower case, with the dashes (libvirt's own form). */
+export const vmUuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+function checkVmUuid(uuid: string): string {
+  if (!vmUuidPattern.test(uuid)) throw new RangeError(`VM UUID ${JSON.stringify(uuid)}: 8-4-4-4-12 lower-case hex digits`);
+  return uuid;
 }
 
 function checkPlane(plane: Plane): Plane {
@@ -106,5 +124,13 @@ export function keys(prefix: string): Keys {
     recoveryRequest: (name: string) => under(`recovery-requests/${checkHostName(name)}`),
     hostStatesPrefix: under("host-states/"),
     hostState: (name: string) => under(`host-states/${checkHostName(name)}`),
+    vmsPrefix: under("vms/"),
+    vm: (uuid: string) => under(`vms/${checkVmUuid(uuid)}`),
+    leaseSlotsPrefix: under("lease-slots/"),
+    leaseSlot: (slot: number) => {
+      // Slots are numbered from 0 (src/lease/layout.ts); 5 digits hold every one of them.
+      if (!(Number.isSafeInteger(slot) && slot >= 0 && slot < maxSlots)) throw new RangeError(`lease slot ${slot}: 0 to ${maxSlots - 1}`);
+      return under(`lease-slots/${String(slot).padStart(5, "0")}`);
+    },
   });
 }

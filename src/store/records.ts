@@ -5,7 +5,9 @@
  */
 import { planes, type Plane } from "../config/fitha-config.ts";
 import type { PlaneState } from "../core/strategy.ts";
+import { maxSlots } from "../lease/layout.ts";
 import { Fields, type Codec } from "./codec.ts";
+import { vmUuidPattern } from "./keys.ts";
 
 const hostName = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
@@ -135,6 +137,9 @@ export const eventKinds = [
   "strategy-changed",
   "settings-changed",
   "bad-value",
+  "vm-added",
+  "vm-ha-changed",
+  "vm-removed",
 ] as const;
 export type EventKind = (typeof eventKinds)[number];
 
@@ -213,4 +218,72 @@ export const hostStateRecord: Codec<HostStateRecord> = (raw, source) => {
     at: f.time(r["at"], "at"),
     leader: f.string(r["leader"], "leader", { maxLength: 256 }),
   });
+};
+
+/** VmRecord.priority: higher recovers first. */
+export const maxVmPriority = 1000;
+/**
+ * VmRecord.xml's bound: far above a real domain (a few KiB), and below etcd's default request
+ * limit (1.5 MiB) with room for the rest of the record and JSON's escapes.
+ */
+export const maxVmXmlBytes = 1024 * 1024;
+/** An anti-affinity group's name: the characters of a host name, as it may end up in keys and logs. */
+export const vmGroupPattern = hostName;
+/** A domain's name: libvirt refuses "/" in one; control characters have no business in one either. */
+export const vmNamePattern = /^[^/\p{Cc}]{1,255}$/u;
+
+/** A VM fitha knows, HA or not: what `fitha vm` writes and the recovery reads. */
+export interface VmRecord {
+  /** Lower case: the key's and the lease resource's form. */
+  readonly uuid: string;
+  /** The domain's <name>. */
+  readonly name: string;
+  /** The domain XML as fitha defines it: with fitha's lease element exactly when ha is on. */
+  readonly xml: string;
+  readonly ha: boolean;
+  /** 0 to maxVmPriority; higher recovers first. */
+  readonly priority: number;
+  /** Anti-affinity group: no two VMs of one group on one host; "" for none. */
+  readonly group: string;
+  /**
+   * The VM lease slot, allocated when HA is first turned on and kept afterwards (HA off too), so
+   * that a slot never changes owner while a lease might still be held in it. null: never HA.
+   */
+  readonly slot: number | null;
+  /** The host the VM runs on or was last placed on; null: not known. */
+  readonly host: string | null;
+  readonly addedAt: string;
+  readonly updatedAt: string;
+}
+
+export const vmRecord: Codec<VmRecord> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["uuid", "name", "xml", "ha", "priority", "group", "slot", "host", "addedAt", "updatedAt"]);
+  const ha = f.boolean(r["ha"], "ha");
+  const slot = r["slot"] === null ? null : f.integer(r["slot"], "slot", 0, maxSlots - 1);
+  if (ha && slot === null) f.problem("slot", "an HA VM needs a lease slot, got null");
+  return f.done({
+    uuid: f.string(r["uuid"], "uuid", { pattern: vmUuidPattern }),
+    name: f.string(r["name"], "name", { pattern: vmNamePattern }),
+    xml: f.string(r["xml"], "xml", { maxLength: maxVmXmlBytes }),
+    ha,
+    priority: f.integer(r["priority"], "priority", 0, maxVmPriority),
+    group: r["group"] === "" ? "" : f.string(r["group"], "group", { pattern: vmGroupPattern }),
+    slot,
+    host: r["host"] === null ? null : f.string(r["host"], "host", { pattern: hostName }),
+    addedAt: f.time(r["addedAt"], "addedAt"),
+    updatedAt: f.time(r["updatedAt"], "updatedAt"),
+  });
+};
+
+/** Which VM owns a VM lease slot: created once, in a transaction that fails if the key exists. */
+export interface LeaseSlotClaim {
+  readonly vm: string;
+  readonly claimedAt: string;
+}
+
+export const leaseSlotClaim: Codec<LeaseSlotClaim> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["vm", "claimedAt"]);
+  return f.done({ vm: f.string(r["vm"], "vm", { pattern: vmUuidPattern }), claimedAt: f.time(r["claimedAt"], "claimedAt") });
 };

@@ -6,6 +6,7 @@ import { fithaBinary } from "../helpers/fitha.ts";
 import { readJsonLines } from "../helpers/json-lines.ts";
 import { commandTestTimeoutMs, startManagement, type ManagementFixture, type Scope } from "../helpers/management.ts";
 import { terminate } from "../helpers/terminate.ts";
+import { eventKinds } from "../../src/store/records.ts";
 
 let cluster: ManagementFixture;
 
@@ -68,7 +69,7 @@ describe("fitha events", () => {
     const cases: Array<[string[], string]> = [
       [["--limit", "0"], 'fitha: events: --limit must be a whole number from 1 to 10000, not "0"\n'],
       [["--limit", "ten"], 'fitha: events: --limit must be a whole number from 1 to 10000, not "ten"\n'],
-      [["--kind", "meteor"], 'fitha: events: --kind must be one of host-registered, plane-down, plane-up, platform-fault, platform-recovered, ha-needed, ha-not-needed, self-defense-entered, self-defense-left, maintenance-on, maintenance-off, leader-elected, leader-lost, strategy-changed, settings-changed, bad-value, not "meteor"\n'],
+      [["--kind", "meteor"], `fitha: events: --kind must be one of ${eventKinds.join(", ")}, not "meteor"\n`],
     ];
     const results = await Promise.all(cases.map(([args]) => scope.fitha("events", ...args)));
     cases.forEach(([args, stderr], i) => expect({ args, ...results[i] }).toEqual({ args, exitCode: 2, stdout: "", stderr }));

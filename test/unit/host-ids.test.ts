@@ -45,8 +45,8 @@ describe("allocateHostId", () => {
     const kv = cluster().connect();
     await allocateHostId(kv, k, "node-a", 2, { now });
     await allocateHostId(kv, k, "node-b", 2, { now });
-    await expect(allocateHostId(kv, k, "node-c", 2, { now })).rejects.toThrow("no lockspace host id left for node-c: all 2 are claimed under /fitha/host-ids/");
-    await expect(allocateHostId(kv, k, "node-b", 1, { now })).rejects.toThrow("host node-b holds lockspace host id 2 (/fitha/host-ids/00002), beyond max hosts 1");
+    await expect(allocateHostId(kv, k, "node-c", 2, { now })).rejects.toThrow("no lockspace host id left for host node-c: all 2 are claimed under /fitha/host-ids/");
+    await expect(allocateHostId(kv, k, "node-b", 1, { now })).rejects.toThrow("host node-b holds lockspace host id 2 (/fitha/host-ids/00002), beyond lockspace host ids 1..1");
     await expect(allocateHostId(kv, k, "bad name", 2, { now })).rejects.toThrow(RangeError);
     await expect(allocateHostId(kv, k, "node-d", 2001, { now })).rejects.toThrow("max hosts 2001: 1 to 2000");
   });
