@@ -20,6 +20,10 @@
  * | P/host-states/NAME                 | management      | HostStateRecord      | active controller     |
  * | P/vms/UUID                         | management      | VmRecord             | `fitha vm` (add: create-only; ha: compare-and-swap) |
  * | P/lease-slots/SLOT                 | management      | LeaseSlotClaim       | `fitha vm` (create-only txn) |
+ * | P/vm-states/HOST/UUID              | management      | VmStateRecord        | agent of HOST, on change |
+ * | P/orders/HOST/UUID                 | management      | VmOrder              | active controller     |
+ * | P/order-results/HOST/UUID          | management      | OrderResult          | agent of HOST         |
+ * | P/tasks/UUID                       | management      | TaskRecord           | active controller     |
  *
  * NAME is a host name (DNS label characters); PLANE is management, storage or service (in the
  * key as well as the cluster: on a lab machine the three planes may share one cluster); SEQ is a
@@ -62,6 +66,18 @@ export interface Keys {
   /** Which VM owns each VM lease slot of the lockspace (vm-registry.ts). */
   readonly leaseSlotsPrefix: string;
   leaseSlot(slot: number): string;
+  /** What each host's hypervisor shows of each VM (the agent's report). */
+  vmStatesPrefix(host: string): string;
+  vmState(host: string, uuid: string): string;
+  /** Orders to a host's agent: start or stop one VM. */
+  ordersPrefix(host: string): string;
+  order(host: string, uuid: string): string;
+  /** How an order went, written by the agent; the controller reads and removes it. */
+  orderResultsPrefix(host: string): string;
+  orderResult(host: string, uuid: string): string;
+  /** One recovery task per VM being recovered. */
+  readonly tasksPrefix: string;
+  task(uuid: string): string;
 }
 
 /** Host names as keys: DNS label characters only, so no name can reach outside its prefix. */
@@ -132,5 +148,13 @@ export function keys(prefix: string): Keys {
       if (!(Number.isSafeInteger(slot) && slot >= 0 && slot < maxSlots)) throw new RangeError(`lease slot ${slot}: 0 to ${maxSlots - 1}`);
       return under(`lease-slots/${String(slot).padStart(5, "0")}`);
     },
+    vmStatesPrefix: (host: string) => under(`vm-states/${checkHostName(host)}/`),
+    vmState: (host: string, uuid: string) => under(`vm-states/${checkHostName(host)}/${checkVmUuid(uuid)}`),
+    ordersPrefix: (host: string) => under(`orders/${checkHostName(host)}/`),
+    order: (host: string, uuid: string) => under(`orders/${checkHostName(host)}/${checkVmUuid(uuid)}`),
+    orderResultsPrefix: (host: string) => under(`order-results/${checkHostName(host)}/`),
+    orderResult: (host: string, uuid: string) => under(`order-results/${checkHostName(host)}/${checkVmUuid(uuid)}`),
+    tasksPrefix: under("tasks/"),
+    task: (uuid: string) => under(`tasks/${checkVmUuid(uuid)}`),
   });
 }

@@ -8,6 +8,7 @@ import type { PlaneState } from "../core/strategy.ts";
 import { maxSlots } from "../lease/layout.ts";
 import { Fields, type Codec } from "./codec.ts";
 import { vmUuidPattern } from "./keys.ts";
+import { maxAttempts, taskStates, type RecoveryTask } from "../core/recovery-tasks.ts";
 
 const hostName = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
@@ -286,4 +287,101 @@ export const leaseSlotClaim: Codec<LeaseSlotClaim> = (raw, source) => {
   const f = new Fields(source);
   const r = f.object(raw, "", ["vm", "claimedAt"]);
   return f.done({ vm: f.string(r["vm"], "vm", { pattern: vmUuidPattern }), claimedAt: f.time(r["claimedAt"], "claimedAt") });
+};
+
+export const domainStates = ["running", "paused", "shutoff", "crashed", "other"] as const;
+
+/** One VM as its host's hypervisor shows it (the agent writes it when it changes). */
+export interface VmStateRecord {
+  readonly vm: string;
+  readonly host: string;
+  readonly name: string;
+  readonly state: (typeof domainStates)[number];
+  readonly at: string;
+}
+
+export const vmStateRecord: Codec<VmStateRecord> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["vm", "host", "name", "state", "at"]);
+  return f.done({
+    vm: f.string(r["vm"], "vm", { pattern: vmUuidPattern }),
+    host: f.string(r["host"], "host", { pattern: hostName }),
+    name: f.string(r["name"], "name", { maxLength: 256 }),
+    state: f.choice(r["state"], "state", domainStates),
+    at: f.time(r["at"], "at"),
+  });
+};
+
+/** An order to one host's agent about one VM (its definition comes from the registry). */
+export interface VmOrder {
+  readonly vm: string;
+  readonly action: "start" | "stop";
+  readonly issuedAt: string;
+  /** The controller that issued it. */
+  readonly by: string;
+}
+
+export const vmOrder: Codec<VmOrder> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["vm", "action", "issuedAt", "by"]);
+  return f.done({
+    vm: f.string(r["vm"], "vm", { pattern: vmUuidPattern }),
+    action: f.choice(r["action"], "action", ["start", "stop"] as const),
+    issuedAt: f.time(r["issuedAt"], "issuedAt"),
+    by: f.string(r["by"], "by", { maxLength: 256 }),
+  });
+};
+
+export const orderOutcomes = ["done", "failed", "lease-held"] as const;
+
+/**
+ * How an order went. "lease-held": the VM's lease is held by another live host (named), which
+ * may be dead in `freeInMs` at the earliest — a wait, not a failure.
+ */
+export interface OrderResult {
+  readonly vm: string;
+  readonly host: string;
+  readonly action: "start" | "stop";
+  readonly outcome: (typeof orderOutcomes)[number];
+  readonly reason: string;
+  readonly holder: string | null;
+  readonly freeInMs: number | null;
+  readonly at: string;
+}
+
+export const orderResult: Codec<OrderResult> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["vm", "host", "action", "outcome", "reason", "holder", "freeInMs", "at"]);
+  return f.done({
+    vm: f.string(r["vm"], "vm", { pattern: vmUuidPattern }),
+    host: f.string(r["host"], "host", { pattern: hostName }),
+    action: f.choice(r["action"], "action", ["start", "stop"] as const),
+    outcome: f.choice(r["outcome"], "outcome", orderOutcomes),
+    reason: f.text(r["reason"], "reason"),
+    holder: r["holder"] === null ? null : f.string(r["holder"], "holder", { maxLength: 256 }),
+    freeInMs: r["freeInMs"] === null ? null : f.integer(r["freeInMs"], "freeInMs", 0, 86_400_000),
+    at: f.time(r["at"], "at"),
+  });
+};
+
+/** A recovery task as stored: src/core/recovery-tasks.ts's RecoveryTask (times in ms since the epoch). */
+export type TaskRecord = RecoveryTask;
+
+export const taskRecord: Codec<TaskRecord> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["vm", "source", "state", "target", "attempts", "tried", "notBeforeMs", "createdMs", "updatedMs", "reason"]);
+  const time = (key: string) => f.integer(r[key], key, 0, 8_640_000_000_000_000);
+  const tried = Array.isArray(r["tried"]) && r["tried"].length <= maxAttempts ? (r["tried"] as unknown[]).map((host, i) => f.string(host, `tried[${i}]`, { pattern: hostName })) : (f.problem("tried", `expected a list of at most ${maxAttempts} host names`), []);
+  return f.done({
+    vm: f.string(r["vm"], "vm", { pattern: vmUuidPattern }),
+    source: f.string(r["source"], "source", { pattern: hostName }),
+    state: f.choice(r["state"], "state", taskStates),
+    target: r["target"] === null ? null : f.string(r["target"], "target", { pattern: hostName }),
+    attempts: f.integer(r["attempts"], "attempts", 0, maxAttempts),
+    tried,
+    notBeforeMs: time("notBeforeMs"),
+    createdMs: time("createdMs"),
+    updatedMs: time("updatedMs"),
+    reason: f.text(r["reason"], "reason"),
+  });
 };
