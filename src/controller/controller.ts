@@ -22,6 +22,7 @@ import { KvError, type Kv, type KvChange, type KvEntry } from "../store/kv.ts";
 import { maintenanceRecord, type EventRecord, type HostStateRecord, type ModeRecord, type RecoveryRequest } from "../store/records.ts";
 import { decodeEntry } from "../store/typed.ts";
 import { PrefixWatcher } from "../store/watcher.ts";
+import { RecoveryExecutor } from "./recovery.ts";
 
 const log = logger("controller");
 
@@ -118,6 +119,11 @@ class Term {
   #wakeAtMs: number | undefined;
   #stepping: Promise<void> = Promise.resolve();
   readonly #probes: Promise<void>;
+  readonly recovery: RecoveryExecutor;
+  /** Hosts that may receive recovered VMs: healthy, not in maintenance, and HA active. */
+  #eligible: ReadonlySet<string> = new Set();
+  /** The pending wake-up for recovery tasks falling due (one at a time: the earliest). */
+  #recoveryWakeAtMs: number | undefined;
 
   constructor(readonly controller: Controller) {
     const { env } = controller;
@@ -131,11 +137,23 @@ class Term {
     this.#follow(keys.recoveryRequestsPrefix, (key, value) => this.#onRequest(key, value));
     for (const plane of planes) this.#followHeartbeats(plane);
     this.#probes = this.#probeClusters();
+    this.recovery = new RecoveryExecutor({
+      kv: env.kv.management,
+      keys,
+      clock: env.clock,
+      now: env.now,
+      name: controller.options.name,
+      leading: () => this.#leading,
+      settings: () => this.settings,
+      eligibleHosts: () => this.#eligible,
+      changed: () => this.#schedule(),
+    });
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
     await Promise.all([...this.#watchers, ...this.#heartbeatWatchers.values()].map((w) => w.stop()));
+    await this.recovery.stop();
     await this.#probes;
     await this.#stepping;
   }
@@ -350,6 +368,19 @@ class Term {
       if (!this.#leading) return;
       await this.#apply(effect);
     }
+    // Recovered VMs go only where HA could act: nowhere in maintenance or self-defense.
+    this.#eligible =
+      result.mode === "normal"
+        ? new Set([...result.decisions].filter(([host, decision]) => decision.kind === "no-ha" && decision.why === "healthy" && !this.hostsInMaintenance.has(host)).map(([host]) => host))
+        : new Set();
+    const recovery = await this.recovery.step();
+    if (recovery.nextDueInMs !== undefined) {
+      const dueMs = env.clock.nowMs() + recovery.nextDueInMs;
+      if (this.#recoveryWakeAtMs === undefined || dueMs < this.#recoveryWakeAtMs || this.#recoveryWakeAtMs <= env.clock.nowMs()) {
+        this.#recoveryWakeAtMs = dueMs;
+        void env.clock.sleep(recovery.nextDueInMs + 1).then(() => this.#schedule());
+      }
+    }
     // A grace period ending changes a decision with no new input: wake for it.
     if (result.nextWakeMs === undefined) this.#wakeAtMs = undefined;
     else if (result.nextWakeMs !== this.#wakeAtMs) this.#wakeAt(result.nextWakeMs);
@@ -368,6 +399,10 @@ class Term {
           log.warn("recovery requested", { host: effect.host, reason: effect.reason });
           return;
         }
+        case "close-request":
+          await env.kv.management.delete(env.keys.recoveryRequest(effect.host));
+          log.info("recovery request closed: the host is healthy again", { host: effect.host });
+          return;
         case "host-state": {
           const nowMs = env.clock.nowMs();
           const wall = (ms: number) => new Date(env.now().getTime() - (nowMs - ms)).toISOString();

@@ -30,6 +30,8 @@ export interface ControllerInputs {
 export type ControllerEffect =
   | { readonly type: "event"; readonly kind: EventKind; readonly host: string | null; readonly reason: string }
   | { readonly type: "request-recovery"; readonly host: string; readonly planes: PlaneStates; readonly reason: string }
+  /** The host is healthy again: its request (an episode) is over. */
+  | { readonly type: "close-request"; readonly host: string }
   | { readonly type: "set-mode"; readonly mode: Mode; readonly reason: string }
   /** The host's planes or decision changed: for operators (`fitha status`). */
   | { readonly type: "host-state"; readonly host: string; readonly planes: HostPlanes; readonly decision: HostDecision };
@@ -92,7 +94,10 @@ export class ControllerCore {
       // a starting host come up one by one, through rows that mean nothing.
       const unsettled = decision.kind === "no-ha" && (decision.why === "grace" || decision.why === "strategy") && nowMs < rowEndsGraceMs;
       if (unsettled) nextWakeMs = nextWakeMs === undefined ? rowEndsGraceMs : Math.min(nextWakeMs, rowEndsGraceMs);
-      if (decision.kind === "no-ha" && decision.why === "healthy") this.#requested.delete(host);
+      if (decision.kind === "no-ha" && decision.why === "healthy") {
+        this.#requested.delete(host);
+        if (inputs.openRequests.has(host)) effects.push({ type: "close-request", host });
+      }
       const key = decision.kind === "ha-needed" ? "ha-needed" : unsettled ? (`no-ha:${decision.why}-unsettled` as const) : (`no-ha:${decision.why}` as const);
       // Published when the planes or the kind of decision change (not the reason's running clock).
       const published = JSON.stringify([planes.map((plane) => [hostPlanes[plane].state, hostPlanes[plane].sinceMs]), key]);

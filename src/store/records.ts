@@ -141,6 +141,10 @@ export const eventKinds = [
   "vm-added",
   "vm-ha-changed",
   "vm-removed",
+  "recovery-task-created",
+  "vm-recovered",
+  "recovery-waiting",
+  "recovery-failed",
 ] as const;
 export type EventKind = (typeof eventKinds)[number];
 

@@ -38,3 +38,26 @@ const entities: Record<string, string> = { lt: "<", gt: ">", amp: "&", quot: '"'
 export function decodeEntities(text: string): string {
   return text.replace(/&(lt|gt|amp|quot|apos);/g, (_, entity: string) => entities[entity]!);
 }
+
+export interface DomainResources {
+  readonly memoryKiB: number;
+  readonly vcpus: number;
+}
+
+/** libvirt's <memory unit='…'> units, in KiB (libvirt's default unit is KiB). */
+const memoryUnitsKiB: Record<string, number> = { b: 1 / 1024, bytes: 1 / 1024, k: 1, kib: 1, kb: 1000 / 1024, m: 1024, mib: 1024, mb: 1e6 / 1024, g: 1024 ** 2, gib: 1024 ** 2, gb: 1e9 / 1024, t: 1024 ** 3, tib: 1024 ** 3, tb: 1e12 / 1024 };
+
+/**
+ * What a domain needs from a host, for placement: its <memory> (in its unit) and its <vcpu>
+ * count (1 when absent, as libvirt defaults it). undefined when the memory cannot be read.
+ */
+export function domainResources(xml: string): DomainResources | undefined {
+  const memory = /<memory(?:\s+unit=['"]([A-Za-z]+)['"])?\s*>\s*([0-9]+)\s*<\/memory>/.exec(xml);
+  if (memory === null) return undefined;
+  const unitKiB = memoryUnitsKiB[(memory[1] ?? "KiB").toLowerCase()];
+  if (unitKiB === undefined) return undefined;
+  const vcpu = /<vcpu\b[^>]*>\s*([0-9]+)\s*<\/vcpu>/.exec(xml);
+  const memoryKiB = Math.ceil(Number(memory[2]) * unitKiB);
+  const vcpus = vcpu === null ? 1 : Number(vcpu[1]);
+  return memoryKiB > 0 && vcpus > 0 ? { memoryKiB, vcpus } : undefined;
+}

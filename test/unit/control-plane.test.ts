@@ -16,6 +16,9 @@ import { keys as keysFor } from "../../src/store/keys.ts";
 import { MemoryCluster, type MemoryKv } from "../../src/store/memory-kv.ts";
 import { listEvents } from "../../src/store/events.ts";
 import { MemoryHypervisor } from "../../src/virt/memory-hypervisor.ts";
+import { readDomainDefinition } from "../../src/virt/domain-definition.ts";
+import { addVm } from "../../src/store/vm-registry.ts";
+import { orderResult as orderResultCodec, taskRecord, type OrderResult } from "../../src/store/records.ts";
 
 beforeAll(() => configureLogging({ level: "error", format: "json", stream: new Writable({ write: (_chunk, _encoding, done) => done() }) }));
 afterAll(() => configureLogging({ level: "info", format: "human" }));
@@ -190,6 +193,130 @@ describe("control plane on in-memory etcd and virtual time", () => {
     // The watch's retries back off (up to 10 s) while the link is cut: the fresh read may come that late.
     await lab.clock.advance(graceMs + 10_000);
     expect(await lab.requests()).toEqual(["host-1"]);
+    await lab.stop();
+  });
+
+});
+
+/** The registry's HA VMs on `host`: vm-1..vm-N, priorities as given, 1 GiB and 1 vCPU each. */
+async function registerVms(lab: Lab, host: string, priorities: number[], options: { ha?: boolean; prefix?: string } = {}): Promise<string[]> {
+  const uuids: string[] = [];
+  for (const [i, priority] of priorities.entries()) {
+    const uuid = `6c1a2b3c-0000-4000-8000-${String(uuids.length + 1 + (options.prefix === undefined ? 0 : 100)).padStart(12, "0")}`;
+    const xml = `<domain type='test'><name>${options.prefix ?? "vm"}-${i + 1}</name><uuid>${uuid}</uuid><memory unit='GiB'>1</memory><vcpu>1</vcpu></domain>`;
+    await addVm(lab.admin.management, keys, { definition: readDomainDefinition(xml), ha: options.ha ?? true, priority, group: "", host }, { now: lab.now });
+    uuids.push(uuid);
+  }
+  return uuids;
+}
+
+/** Plays the agents: answers every start order with `answer(host, vm)`; returns the orders seen, in order. */
+async function answerOrders(lab: Lab, answer: (host: string, vm: string) => Pick<OrderResult, "outcome" | "reason" | "holder" | "freeInMs">, seen: string[]): Promise<void> {
+  const orders = await lab.admin.management.getPrefix(`${keys.prefix}/orders/`);
+  for (const entry of orders.entries) {
+    const [host, vm] = entry.key.slice(`${keys.prefix}/orders/`.length).split("/") as [string, string];
+    if (seen.includes(`${host}/${vm}@${entry.modRevision}`)) continue;
+    seen.push(`${host}/${vm}@${entry.modRevision}`);
+    const result: OrderResult = { vm, host, action: "start", at: lab.now().toISOString(), ...answer(host, vm) };
+    orderResultCodec(result, "check");
+    await lab.admin.management.put(keys.orderResult(host, vm), JSON.stringify(result));
+  }
+}
+
+async function tasks(lab: Lab) {
+  const range = await lab.admin.management.getPrefix(keys.tasksPrefix);
+  return new Map(range.entries.map((e) => [e.key.slice(keys.tasksPrefix.length), taskRecord(JSON.parse(e.value), e.key)]));
+}
+
+describe("recovery on in-memory etcd and virtual time", () => {
+  const done = { outcome: "done" as const, reason: "started", holder: null, freeInMs: null };
+
+  test("a failed host's HA VMs get one task each, started elsewhere by priority within the limit; non-HA VMs stay", async () => {
+    const lab = new Lab();
+    await lab.setup(4);
+    await lab.admin.management.put(keys.settings, JSON.stringify({ ...settingsToJson(defaultSettings), heartbeat_interval_ms: 1_000, heartbeat_ttl_ms: ttlMs, recovery_concurrency: 2, recovery_concurrency_per_host: 2 }));
+    const ha = await registerVms(lab, "host-2", [1, 9, 5]);
+    await registerVms(lab, "host-2", [0], { ha: false, prefix: "plain" });
+    lab.setLinks("host-2", { management: "down", service: "down", storage: "down" });
+    await lab.clock.advance(ttlMs + graceMs + 2_000);
+    const first = await tasks(lab);
+    expect([...first.keys()].sort()).toEqual([...ha].sort());
+    // Limit 2: the two highest priorities are starting, the third waits.
+    const startingNow = [...first.values()].filter((t) => t.state === "starting").map((t) => t.vm);
+    expect(startingNow.sort()).toEqual([ha[1]!, ha[2]!].sort());
+    expect([...first.values()].every((t) => t.target !== "host-2" && (t.state !== "starting" || t.target !== null))).toBe(true);
+    const seen: string[] = [];
+    for (let round = 0; round < 5; round++) {
+      await answerOrders(lab, () => done, seen);
+      await lab.clock.advance(1_000);
+    }
+    const finished = await tasks(lab);
+    expect([...finished.values()].map((t) => t.state)).toEqual(["done", "done", "done"]);
+    expect(seen).toHaveLength(3);
+    const events = (await listEvents(lab.admin.management, keys, { limit: 1000 })).events.map((e) => e.record);
+    expect(events.filter((e) => e.kind === "vm-recovered")).toHaveLength(3);
+    // The registry knows where they run now.
+    for (const uuid of ha) {
+      const vm = JSON.parse((await lab.admin.management.get(keys.vm(uuid)))!.value) as { host: string };
+      expect(vm.host).not.toBe("host-2");
+    }
+    await lab.stop();
+  });
+
+  test("a lease still held is a wait, not an attempt; five failed starts give up with an event", async () => {
+    const lab = new Lab();
+    await lab.setup(4);
+    const [held, doomed] = await registerVms(lab, "host-3", [5, 1]);
+    lab.setLinks("host-3", { management: "down", service: "down", storage: "down" });
+    await lab.clock.advance(ttlMs + graceMs + 2_000);
+    const seen: string[] = [];
+    let heldAnswers = 0;
+    for (let round = 0; round < 200; round++) {
+      await answerOrders(
+        lab,
+        (_host, vm) => {
+          if (vm === held && heldAnswers++ === 0) return { outcome: "lease-held", reason: "held", holder: "host-3 (host id 3)", freeInMs: 20_000 };
+          if (vm === held) return done;
+          return { outcome: "failed", reason: "libvirt refused the XML", holder: null, freeInMs: null };
+        },
+        seen,
+      );
+      await lab.clock.advance(1_000);
+    }
+    const final = await tasks(lab);
+    expect(final.get(held!)).toMatchObject({ state: "done", attempts: 0 });
+    expect(final.get(doomed!)).toMatchObject({ state: "failed", attempts: 5 });
+    const events = (await listEvents(lab.admin.management, keys, { limit: 1000 })).events.map((e) => e.record.kind);
+    expect(events).toContain("recovery-waiting");
+    expect(events).toContain("recovery-failed");
+    await lab.stop();
+  });
+
+  test("a new leader in the middle of a recovery resumes it: every VM started exactly once", async () => {
+    const lab = new Lab();
+    await lab.setup(5, 2);
+    const vms = await registerVms(lab, "host-1", Array.from({ length: 20 }, (_, i) => i % 3));
+    lab.setLinks("host-1", { management: "down", service: "down", storage: "down" });
+    await lab.clock.advance(ttlMs + graceMs + 2_000);
+    const seen: string[] = [];
+    await answerOrders(lab, () => done, seen);
+    await lab.clock.advance(1_000);
+    const leader = lab.controllers.find((c) => c.controller.leading)!;
+    for (const plane of planes) leader.links[plane].cut("hang");
+    for (let round = 0; round < 40; round++) {
+      await answerOrders(lab, () => done, seen);
+      await lab.clock.advance(1_000);
+    }
+    const final = await tasks(lab);
+    expect([...final.values()].filter((t) => t.state === "done")).toHaveLength(20);
+    // One start order per VM, never two.
+    const perVm = new Map<string, number>();
+    for (const order of seen) {
+      const vm = order.split("/")[1]!.split("@")[0]!;
+      perVm.set(vm, (perVm.get(vm) ?? 0) + 1);
+    }
+    expect([...perVm.values()].every((count) => count === 1)).toBe(true);
+    expect(perVm.size).toBe(vms.length);
     await lab.stop();
   });
 });

@@ -1,0 +1,299 @@
+/**
+ * The leader's recovery executor: turns recovery requests into one task per HA VM of the failed
+ * host (P/tasks/UUID), plans them (src/core/recovery-tasks.ts: priority, limits, placement),
+ * orders the chosen agents to start them (P/orders/HOST/UUID), and follows the agents' results
+ * (P/order-results/HOST/UUID) to done, retry, wait or failure.
+ *
+ * Every task write is a compare-and-swap on the revision this executor last saw, so two leaders
+ * (an old one not yet aware it lost) can never both move a task: the second write fails, and the
+ * loser re-reads. Starting a VM twice is impossible anyway (its lease admits one host); the CAS
+ * keeps the bookkeeping exact. A new leader resumes from the tasks in etcd: nothing is held in
+ * memory that etcd does not have.
+ */
+import type { Clock } from "../core/clock.ts";
+import { isOpen, leaseHeld, newTask, planRecovery, startFailed, started, starting, type RecoveryTask } from "../core/recovery-tasks.ts";
+import type { Candidate } from "../core/placement.ts";
+import type { RuntimeSettings } from "../core/settings.ts";
+import { errorMessage } from "../errors.ts";
+import { logger } from "../log.ts";
+import { appendEvent } from "../store/events.ts";
+import type { Keys } from "../store/keys.ts";
+import { KvError, type Kv, type KvEntry } from "../store/kv.ts";
+import { hostRecord, orderResult, recoveryRequest, taskRecord, vmRecord, vmStateRecord, type EventKind, type HostRecord, type OrderResult, type RecoveryRequest, type VmOrder, type VmRecord, type VmStateRecord } from "../store/records.ts";
+import { decodeEntry } from "../store/typed.ts";
+import { PrefixWatcher } from "../store/watcher.ts";
+import type { Codec } from "../store/codec.ts";
+import { domainResources } from "../virt/domain-xml.ts";
+
+const log = logger("recovery");
+
+/** An order without a result for this long is a failed attempt (the target's agent is gone or hung). */
+export const startTimeoutMs = 5 * 60_000;
+/** When a lease-held result does not say when the lease can be free: look again after this. */
+const leaseRecheckMs = 30_000;
+
+export interface RecoveryEnvironment {
+  readonly kv: Kv;
+  readonly keys: Keys;
+  readonly clock: Clock;
+  /** Wall clock (task times must mean the same to the next leader). */
+  readonly now: () => Date;
+  readonly name: string;
+  /** Checked before every write. */
+  readonly leading: () => boolean;
+  readonly settings: () => RuntimeSettings;
+  /** Hosts a VM may be started on now: every plane up, not in maintenance. */
+  readonly eligibleHosts: () => ReadonlySet<string>;
+  /** Something changed: the owner should step (it calls step()). */
+  readonly changed: () => void;
+}
+
+/** A key's decoded value and its revision (for compare-and-swap). */
+interface Held<T> {
+  readonly record: T;
+  readonly modRevision: bigint;
+}
+
+export class RecoveryExecutor {
+  readonly requests = new Map<string, Held<RecoveryRequest>>();
+  readonly vms = new Map<string, Held<VmRecord>>();
+  readonly hosts = new Map<string, Held<HostRecord>>();
+  readonly tasks = new Map<string, Held<RecoveryTask>>();
+  readonly results = new Map<string, Held<OrderResult>>();
+  /** Per host, per VM, what its hypervisor shows. */
+  readonly vmStates = new Map<string, Held<VmStateRecord>>();
+  readonly #watchers: PrefixWatcher[] = [];
+
+  constructor(readonly env: RecoveryEnvironment) {
+    const { keys } = env;
+    this.#follow(keys.recoveryRequestsPrefix, recoveryRequest, this.requests, (r) => r.host);
+    this.#follow(keys.vmsPrefix, vmRecord, this.vms, (r) => r.uuid);
+    this.#follow(keys.hostsPrefix, hostRecord, this.hosts, (r) => r.name);
+    this.#follow(keys.tasksPrefix, taskRecord, this.tasks, (r) => r.vm);
+    this.#follow(`${keys.prefix}/order-results/`, orderResult, this.results, (r) => `${r.host}/${r.vm}`);
+    this.#follow(`${keys.prefix}/vm-states/`, vmStateRecord, this.vmStates, (r) => `${r.host}/${r.vm}`);
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.#watchers.map((w) => w.stop()));
+  }
+
+  /**
+   * One round: new tasks, results, timeouts, planning. Every write checks leadership first. (A
+   * request stays until its host is healthy again — the controller core closes it — so one
+   * failure episode makes one set of tasks.)
+   */
+  async step(): Promise<{ nextDueInMs: number | undefined }> {
+    const nowMs = this.env.now().getTime();
+    await this.#createTasks(nowMs);
+    await this.#applyResults(nowMs);
+    await this.#expireStarts(nowMs);
+    await this.#plan(nowMs);
+    return { nextDueInMs: this.#nextDueMs(nowMs) };
+  }
+
+  /** When a task needs a look with nothing else happening: a backoff or a lease wait ending, a start timing out. */
+  #nextDueMs(nowMs: number): number | undefined {
+    let dueMs: number | undefined;
+    for (const { record: task } of this.tasks.values()) {
+      const atMs = task.state === "queued" || task.state === "retrying" ? task.notBeforeMs : task.state === "starting" ? task.updatedMs + startTimeoutMs : undefined;
+      if (atMs !== undefined) dueMs = dueMs === undefined ? atMs : Math.min(dueMs, atMs);
+    }
+    return dueMs === undefined ? undefined : Math.max(0, dueMs - nowMs);
+  }
+
+  async #createTasks(nowMs: number): Promise<void> {
+    for (const [host, request] of this.requests) {
+      const requestedMs = Date.parse(request.record.requestedAt);
+      for (const vm of this.#haVmsOf(host)) {
+        const existing = this.tasks.get(vm.uuid);
+        // A task of an earlier episode (closed before this request) makes way for a new one.
+        if (existing !== undefined && (isOpen(existing.record) || existing.record.createdMs >= requestedMs)) continue;
+        const task = newTask(vm.uuid, host, nowMs, `host ${host} failed: ${request.record.reason}`);
+        if (await this.#writeTask(task, existing?.modRevision ?? 0n)) await this.#event("recovery-task-created", host, `${vm.name} (${vm.uuid}) to be recovered from ${host}`);
+      }
+    }
+  }
+
+  async #applyResults(nowMs: number): Promise<void> {
+    for (const [key, result] of [...this.results]) {
+      const { vm, host, outcome, reason } = result.record;
+      const task = this.tasks.get(vm);
+      const ours = task !== undefined && task.record.state === "starting" && task.record.target === host && result.record.action === "start";
+      if (ours) {
+        const next =
+          outcome === "done"
+            ? started(task.record, nowMs)
+            : outcome === "lease-held"
+              ? leaseHeld(task.record, nowMs + (result.record.freeInMs ?? leaseRecheckMs), result.record.holder ?? "another host", nowMs)
+              : startFailed(task.record, reason, nowMs);
+        if (!(await this.#writeTask(next, task.modRevision))) continue;
+        if (next.state === "done") {
+          await this.#setVmHost(vm, host);
+          await this.#event("vm-recovered", host, `${this.#vmName(vm)} runs on ${host} (from ${next.source})`);
+        } else if (next.state === "failed") {
+          await this.#event("recovery-failed", next.source, `${this.#vmName(vm)}: ${next.reason}`);
+        } else if (outcome === "lease-held") {
+          await this.#event("recovery-waiting", next.source, `${this.#vmName(vm)}: ${next.reason}`);
+        }
+      }
+      // Handled, or stale (a task that moved on): the result and its order are done with.
+      if (!this.env.leading()) return;
+      await this.#delete(`${this.env.keys.prefix}/order-results/${key}`);
+      await this.#delete(this.env.keys.order(host, vm));
+    }
+  }
+
+  async #expireStarts(nowMs: number): Promise<void> {
+    for (const task of [...this.tasks.values()]) {
+      const t = task.record;
+      if (t.state !== "starting" || nowMs - t.updatedMs < startTimeoutMs) continue;
+      if (await this.#writeTask(startFailed(t, `no answer from the agent of ${t.target} within ${startTimeoutMs} ms`, nowMs), task.modRevision)) {
+        await this.#delete(this.env.keys.order(t.target!, t.vm));
+      }
+    }
+  }
+
+  async #plan(nowMs: number): Promise<void> {
+    const settings = this.env.settings();
+    const tasks = [...this.tasks.values()].map((t) => t.record).filter(isOpen);
+    if (!tasks.some((t) => t.state === "queued" || t.state === "retrying")) return;
+    const vmInfo = new Map<string, { uuid: string; memoryKiB: number; vcpus: number; group: string; priority: number }>();
+    for (const task of tasks) {
+      const vm = this.vms.get(task.vm)?.record;
+      const resources = vm === undefined ? undefined : domainResources(vm.xml);
+      if (vm === undefined || resources === undefined) continue;
+      vmInfo.set(vm.uuid, { uuid: vm.uuid, ...resources, group: vm.group, priority: vm.priority });
+    }
+    const plan = planRecovery({ tasks, vms: vmInfo, candidates: this.#candidates(tasks), limits: { global: settings.recoveryConcurrency, perHost: settings.recoveryConcurrencyPerHost }, nowMs });
+    for (const { task, target } of plan.start) {
+      const held = this.tasks.get(task.vm)!;
+      if (!(await this.#writeTask(starting(task, target, nowMs), held.modRevision))) continue;
+      const order: VmOrder = { vm: task.vm, action: "start", issuedAt: this.env.now().toISOString(), by: `controller@${this.env.name}` };
+      await this.#put(this.env.keys.order(target, task.vm), JSON.stringify(order));
+    }
+    for (const { task, reason } of plan.unplaced) log.warn("cannot place a VM now", { vm: task.vm, reason });
+  }
+
+  /** Each registered host with its capacity, what runs on it, and what is being started on it. */
+  #candidates(tasks: readonly RecoveryTask[]): Candidate[] {
+    const eligible = this.env.eligibleHosts();
+    return [...this.hosts.values()].map(({ record: host }) => {
+      let usedMemoryKiB = 0;
+      let usedVcpus = 0;
+      let starting = 0;
+      const groups = new Set<string>();
+      const add = (uuid: string) => {
+        const vm = this.vms.get(uuid)?.record;
+        const resources = vm === undefined ? undefined : domainResources(vm.xml);
+        if (resources !== undefined) {
+          usedMemoryKiB += resources.memoryKiB;
+          usedVcpus += resources.vcpus;
+        }
+        if (vm !== undefined && vm.group !== "") groups.add(vm.group);
+      };
+      for (const { record } of this.vmStates.values()) if (record.host === host.name && (record.state === "running" || record.state === "paused")) add(record.vm);
+      for (const task of tasks) {
+        if (task.state !== "starting" || task.target !== host.name) continue;
+        starting++;
+        add(task.vm);
+      }
+      return { name: host.name, eligible: eligible.has(host.name), cpus: host.capacity.cpus, memoryKiB: host.capacity.memoryKiB, usedMemoryKiB, usedVcpus, groups, starting };
+    });
+  }
+
+  #haVmsOf(host: string): VmRecord[] {
+    return [...this.vms.values()].map((v) => v.record).filter((vm) => vm.ha && vm.host === host);
+  }
+
+  #vmName(uuid: string): string {
+    return this.vms.get(uuid)?.record.name ?? uuid;
+  }
+
+  /** The VM runs on `host` now: its registry record says so (compare-and-swap, bounded retries). */
+  async #setVmHost(uuid: string, host: string): Promise<void> {
+    for (let attempt = 0; attempt < 5 && this.env.leading(); attempt++) {
+      const held = this.vms.get(uuid);
+      if (held === undefined || held.record.host === host) return;
+      const next: VmRecord = { ...held.record, host, updatedAt: this.env.now().toISOString() };
+      if (await this.#cas(this.env.keys.vm(uuid), JSON.stringify(next), held.modRevision)) return;
+      const fresh = await this.env.kv.get(this.env.keys.vm(uuid)).catch(() => undefined);
+      if (fresh === undefined) return;
+      const decoded = decodeEntry(fresh, vmRecord);
+      if ("bad" in decoded) return;
+      this.vms.set(uuid, { record: decoded.record, modRevision: decoded.modRevision });
+    }
+  }
+
+  async #writeTask(task: RecoveryTask, modRevision: bigint): Promise<boolean> {
+    const written = await this.#cas(this.env.keys.task(task.vm), JSON.stringify(task), modRevision);
+    if (!written) log.warn("task changed under us (another leader?); re-reading", { vm: task.vm, state: task.state });
+    return written;
+  }
+
+  async #cas(key: string, value: string, modRevision: bigint): Promise<boolean> {
+    if (!this.env.leading()) return false;
+    try {
+      return await this.env.kv.putIfModRevision(key, value, modRevision);
+    } catch (error) {
+      if (!(error instanceof KvError)) throw error;
+      log.error("recovery write failed; retried at the next step", { key, error: error.message });
+      return false;
+    }
+  }
+
+  async #put(key: string, value: string): Promise<void> {
+    if (!this.env.leading()) return;
+    await this.env.kv.put(key, value).catch((error: unknown) => log.error("recovery write failed", { key, error: errorMessage(error) }));
+  }
+
+  async #delete(key: string): Promise<void> {
+    if (!this.env.leading()) return;
+    await this.env.kv.delete(key).catch((error: unknown) => log.error("recovery delete failed", { key, error: errorMessage(error) }));
+  }
+
+  async #event(kind: EventKind, host: string | null, reason: string): Promise<void> {
+    if (!this.env.leading()) return;
+    await appendEvent(this.env.kv, this.env.keys, { time: this.env.now().toISOString(), kind, host, reason, by: `controller@${this.env.name}` }).catch((error: unknown) =>
+      log.warn("could not record an event", { kind, error: errorMessage(error) }),
+    );
+  }
+
+  /** Mirrors a prefix into `into`, keyed by `keyOf` of each record; bad values are logged and skipped. */
+  #follow<T>(prefix: string, codec: Codec<T>, into: Map<string, Held<T>>, keyOf: (record: T) => string): void {
+    const byKey = new Map<string, string>();
+    const apply = (key: string, entry: KvEntry | undefined) => {
+      const previous = byKey.get(key);
+      if (previous !== undefined) into.delete(previous);
+      byKey.delete(key);
+      if (entry === undefined) return;
+      const decoded = decodeEntry(entry, codec);
+      if ("bad" in decoded) {
+        log.error("bad value ignored", { key, reason: decoded.bad.message });
+        return;
+      }
+      const id = keyOf(decoded.record);
+      byKey.set(key, id);
+      into.set(id, { record: decoded.record, modRevision: decoded.modRevision });
+    };
+    this.#watchers.push(
+      new PrefixWatcher(
+        this.env.kv,
+        prefix,
+        {
+          onSnapshot: (entries) => {
+            for (const key of [...byKey.keys()]) apply(key, undefined);
+            for (const entry of entries) apply(entry.key, entry);
+            this.env.changed();
+          },
+          onRevision: (_revision, changes) => {
+            for (const change of changes) apply(change.key, change.type === "put" ? { key: change.key, value: change.value, modRevision: change.modRevision } : undefined);
+            this.env.changed();
+          },
+          onFailed: (error) => log.error("stopped following etcd", { prefix, error: errorMessage(error) }),
+        },
+        this.env.clock,
+      ),
+    );
+  }
+}
