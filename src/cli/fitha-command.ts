@@ -17,6 +17,7 @@ export const fithaCommand = defineCommand({
     maintenance: () => import("./commands/maintenance.ts").then((m) => m.maintenanceCommand),
     strategy: () => import("./commands/strategy.ts").then((m) => m.strategyCommand),
     vm: () => import("./commands/vm.ts").then((m) => m.vmCommand),
+    tasks: () => import("./commands/tasks.ts").then((m) => m.tasksCommand),
     lockd: () => import("./commands/lockd.ts").then((m) => m.lockdCommand),
     agent: () => import("./commands/agent.ts").then((m) => m.agentCommand),
     controller: () => import("./commands/controller.ts").then((m) => m.controllerCommand),
