@@ -3,6 +3,10 @@
  * etcd transaction, its plane addresses and capacity), keeps one heartbeat per plane alive in
  * that plane's cluster (plane-heartbeat.ts), records which planes it reaches itself, and follows
  * the runtime settings (heartbeat interval and TTL change without a restart).
+ *
+ * With lease access (AgentEnvironment.leases) it also manages this host's VMs: reports their
+ * states and restarts crashed HA VMs in place (vm-watch.ts), and carries out the controller's
+ * start and stop orders (order-runner.ts).
  */
 import { planes, type Plane } from "../config/fitha-config.ts";
 import type { Clock } from "../core/clock.ts";
@@ -17,7 +21,11 @@ import { hostRecord, type EventRecord, type HostRecord, type Reachability } from
 import { decodeEntry, readRecord } from "../store/typed.ts";
 import { PrefixWatcher } from "../store/watcher.ts";
 import type { Hypervisor } from "../virt/hypervisor.ts";
+import { OrderRunner } from "./order-runner.ts";
 import { PlaneHeartbeat } from "./plane-heartbeat.ts";
+import { VmActions } from "./vm-actions.ts";
+import type { VmLeases } from "./vm-leases.ts";
+import { VmWatch } from "./vm-watch.ts";
 
 const log = logger("agent");
 
@@ -37,6 +45,11 @@ export interface AgentEnvironment {
   readonly kv: Readonly<Record<Plane, Kv>>;
   readonly keys: Keys;
   readonly hypervisor: Hypervisor;
+  /**
+   * This host's VM leases (lockd). Without them the agent manages no VMs — no state reports, no
+   * orders, no restarts — and is only the control-plane half (tests and benches of that half).
+   */
+  readonly leases?: VmLeases;
 }
 
 export class Agent {
@@ -45,6 +58,8 @@ export class Agent {
   readonly #heartbeats: PlaneHeartbeat[] = [];
   #settingsWatch: PrefixWatcher | undefined;
   #reachabilityWrite: Promise<void> = Promise.resolve();
+  #vmWatch: VmWatch | undefined;
+  #orders: OrderRunner | undefined;
 
   private constructor(
     readonly options: AgentOptions,
@@ -79,7 +94,12 @@ export class Agent {
         }),
       );
     }
-    log.info("agent started", { host: options.host, host_id: hostId });
+    if (env.leases !== undefined) {
+      const vms = { host: options.host, kv: management, keys: env.keys, clock: env.clock, now: env.now, actions: new VmActions(env.hypervisor, env.leases) };
+      agent.#vmWatch = new VmWatch(vms);
+      agent.#orders = new OrderRunner(vms);
+    }
+    log.info("agent started", { host: options.host, host_id: hostId, manages_vms: env.leases !== undefined });
     return agent;
   }
 
@@ -93,6 +113,9 @@ export class Agent {
   }
 
   async stop(): Promise<void> {
+    // Orders first: one under way finishes (result written) before the rest stops.
+    await this.#orders?.stop();
+    await this.#vmWatch?.stop();
     await Promise.all(this.#heartbeats.map((h) => h.stop()));
     await this.#settingsWatch?.stop();
     await this.#reachabilityWrite;

@@ -96,6 +96,13 @@ export const fithaConfigSchema = {
       accepts: 'a libvirt URI like "qemu:///system"',
       default: "qemu:///system",
     }),
+    lockd_socket: text({
+      doc: "Unix socket of this host's `fitha lockd` (its --socket): the agent acquires and releases VM leases through it.",
+      // sun_path holds 108 bytes with the terminating NUL.
+      pattern: /^\/[^\0\n]{0,106}$/,
+      accepts: "an absolute path of at most 107 characters (a unix socket's limit)",
+      default: "/run/fitha/lockd.sock",
+    }),
     addresses: section("This host's address on each network plane.", {
       management: planeAddress("management"),
       storage: planeAddress("storage"),

@@ -145,6 +145,7 @@ export const eventKinds = [
   "vm-recovered",
   "recovery-waiting",
   "recovery-failed",
+  "vm-restarted",
 ] as const;
 export type EventKind = (typeof eventKinds)[number];
 

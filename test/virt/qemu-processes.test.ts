@@ -7,6 +7,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { qemuProcessKiller } from "../../src/virt/qemu-processes.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { tempDir, type TempDir } from "../helpers/tmp.ts";
 
 const uuid = "6c1a2b3c-0000-4000-8000-00000000a001";
@@ -20,10 +21,11 @@ afterEach(async () => {
   children.clear();
 });
 
-/** A long-running process with `args` in its command line. */
-function standIn(...args: string[]): Bun.Subprocess {
+/** A long-running process with `args` in its command line, once it has them (after its exec). */
+async function standIn(...args: string[]): Promise<Bun.Subprocess> {
   const child = Bun.spawn(["sh", "-c", "while :; do sleep 1; done", "qemu-system-x86_64", ...args], { stdin: "ignore", stdout: "ignore", stderr: "ignore" });
   children.add(child);
+  await eventually("the stand-in's command line", async () => (await Bun.file(`/proc/${child.pid}/cmdline`).text().catch(() => "")).includes("qemu-system-x86_64"), 5_000);
   return child;
 }
 
@@ -38,7 +40,7 @@ describe("killing a VM's qemu process", () => {
     await using dir = await tempDir("qemu-run");
     const killer = qemuProcessKiller(dir.path);
     for (const key of [uuid, "web-1"]) {
-      const qemu = standIn("-name", "guest=web-1", "-uuid", uuid);
+      const qemu = await standIn("-name", "guest=web-1", "-uuid", uuid);
       await statusFile(dir, "web-1", uuid, qemu.pid);
       expect(await killer.kill(key)).toEqual({ outcome: "killed", pid: qemu.pid });
       expect(await qemu.exited).toBe(137);
@@ -47,7 +49,7 @@ describe("killing a VM's qemu process", () => {
 
   test("a pid whose command line lacks the VM's UUID (a reused pid) is not killed", async () => {
     await using dir = await tempDir("qemu-run");
-    const other = standIn("-uuid", "6c1a2b3c-0000-4000-8000-00000000ffff");
+    const other = await standIn("-uuid", "6c1a2b3c-0000-4000-8000-00000000ffff");
     await statusFile(dir, "web-1", uuid, other.pid);
     const outcome = await qemuProcessKiller(dir.path).kill(uuid);
     expect(outcome).toMatchObject({ outcome: "failed" });
@@ -59,7 +61,7 @@ describe("killing a VM's qemu process", () => {
   test("no status file for the VM, a process already gone, or no run directory: nothing to kill", async () => {
     await using dir = await tempDir("qemu-run");
     expect(await qemuProcessKiller(dir.path).kill(uuid)).toEqual({ outcome: "none" });
-    const gone = standIn("-uuid", uuid);
+    const gone = await standIn("-uuid", uuid);
     gone.kill("SIGKILL");
     await gone.exited;
     await statusFile(dir, "web-1", uuid, gone.pid);

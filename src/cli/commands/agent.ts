@@ -9,6 +9,7 @@ import { KvError } from "../../store/kv.ts";
 import { buildInfo } from "../../version.ts";
 import { HypervisorError } from "../../virt/hypervisor.ts";
 import { WorkerHypervisor } from "../../virt/worker-hypervisor.ts";
+import { LockdVmLeases, lockdRequestTimeoutMs } from "../../agent/vm-leases.ts";
 import { configArg, logArgs } from "../args.ts";
 import { loadCommandConfig } from "../command-config.ts";
 import { closePlanes, connectPlanes, stopSignal } from "../daemon.ts";
@@ -16,7 +17,7 @@ import { closePlanes, connectPlanes, stopSignal } from "../daemon.ts";
 const log = logger("agent");
 
 export const agentCommand = defineCommand({
-  meta: { description: "Run the host agent: registers this host, heartbeats on the three network planes" },
+  meta: { description: "Run the host agent: registers this host, heartbeats on the three network planes, reports and restarts its VMs, carries out start/stop orders" },
   args: { ...configArg, ...logArgs },
   async run({ args }) {
     const { config } = await loadCommandConfig(args);
@@ -28,7 +29,7 @@ export const agentCommand = defineCommand({
       hypervisor = await WorkerHypervisor.open(config.host.hypervisor, { callTimeoutMs: 30_000 });
       agent = await Agent.start(
         { host, addresses: config.host.addresses, agentVersion: buildInfo.version },
-        { clock: monotonicClock, now: () => new Date(), kv, keys: keys(config.etcd.prefix), hypervisor },
+        { clock: monotonicClock, now: () => new Date(), kv, keys: keys(config.etcd.prefix), hypervisor, leases: new LockdVmLeases(config.host.lockd_socket, lockdRequestTimeoutMs) },
       );
     } catch (error) {
       await hypervisor?.close();

@@ -56,8 +56,10 @@ export const lockdCommand = defineCommand({
     let hypervisor: WorkerHypervisor;
     try {
       // In a Worker, each call bounded: a hung libvirtd must not stop the renewals, and fencing
-      // (from validUntil − T) gets a verdict on each call within T.
-      hypervisor = await WorkerHypervisor.open(hypervisorUri, { callTimeoutMs: Math.max(1_000, ioTimeoutMs) });
+      // (from validUntil − T) gets a verdict on each call within T — but never less than 2 s, so
+      // that a merely busy libvirtd is not taken for a hung one (which escalates to killing).
+      // Connecting at start is not urgent: up to 30 s.
+      hypervisor = await WorkerHypervisor.open(hypervisorUri, { callTimeoutMs: Math.max(2_000, ioTimeoutMs), openTimeoutMs: 30_000 });
     } catch (error) {
       if (error instanceof HypervisorError) throw new FithaError(`lockd: ${error.message} (fencing needs it; see --hypervisor)`);
       throw error;
