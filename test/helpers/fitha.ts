@@ -5,6 +5,15 @@ import { resolve } from "node:path";
 export const repoRoot = resolve(import.meta.dir, "../..");
 export const fithaBinary = resolve(repoRoot, "dist/fitha");
 
+/**
+ * The command line of a fitha daemon a test starts (lockd, watchdog, agent, controller): the
+ * kernel kills it when the test process dies (setpriv --pdeathsig), so no daemon outlives a test
+ * run that was killed before its cleanup ran. setpriv execs fitha: the pid is fitha's.
+ */
+export function daemonCommand(args: readonly string[]): string[] {
+  return ["setpriv", "--pdeathsig", "KILL", "--", fithaBinary, ...args];
+}
+
 export interface RunResult {
   readonly exitCode: number;
   readonly stdout: string;

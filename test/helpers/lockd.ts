@@ -4,7 +4,7 @@
  * is killed by `killStartedLockds()`, which test files call in an afterEach.
  */
 import { join } from "node:path";
-import { fithaBinary, runFitha } from "./fitha.ts";
+import { daemonCommand, runFitha } from "./fitha.ts";
 import type { TempDir } from "./tmp.ts";
 
 /** lockd's I/O timeout T in these tests: renewal every 1 s, fail at 4 s. */
@@ -50,7 +50,7 @@ export async function formatLeaseFile(dir: TempDir, options: { slots?: number; p
 
 /** Starts lockd and waits (bounded) until it answers on its socket. */
 export async function startLockd(h: LockdHost): Promise<Bun.Subprocess<"ignore", "ignore", "pipe">> {
-  const child = Bun.spawn([fithaBinary, ...h.args], { stdin: "ignore", stdout: "ignore", stderr: "pipe", env: { PATH: "/usr/bin:/bin" } });
+  const child = Bun.spawn(daemonCommand(h.args), { stdin: "ignore", stdout: "ignore", stderr: "pipe", env: { PATH: "/usr/bin:/bin" } });
   started.add(child);
   const deadline = Date.now() + startTimeoutMs;
   for (;;) {

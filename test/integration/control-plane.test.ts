@@ -16,7 +16,7 @@ import type { Kv } from "../../src/store/kv.ts";
 import { writeConfig } from "../helpers/config.ts";
 import { startEtcd, type LocalEtcd } from "../helpers/etcd.ts";
 import { etcdSettings } from "../helpers/etcd-settings.ts";
-import { fithaBinary } from "../helpers/fitha.ts";
+import { daemonCommand } from "../helpers/fitha.ts";
 import { startLinkProxy, type LinkProxy } from "../helpers/link-proxy.ts";
 import { eventually } from "../helpers/eventually.ts";
 import { terminate } from "../helpers/terminate.ts";
@@ -54,7 +54,7 @@ afterAll(async () => {
 }, 60_000);
 
 function spawnFitha(args: string[]): Bun.Subprocess<"ignore", "ignore", "pipe"> {
-  const child = Bun.spawn([fithaBinary, ...args, "--log-format", "json"], { stdin: "ignore", stdout: "ignore", stderr: "pipe", env: { PATH: "/usr/bin:/bin" } });
+  const child = Bun.spawn(daemonCommand([...args, "--log-format", "json"]), { stdin: "ignore", stdout: "ignore", stderr: "pipe", env: { PATH: "/usr/bin:/bin" } });
   children.add(child);
   return child;
 }

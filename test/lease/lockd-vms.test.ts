@@ -14,7 +14,7 @@ import { requestLockd } from "../../src/lockd/client.ts";
 import type { LockdEvent } from "../../src/lockd/protocol.ts";
 import { LibvirtHypervisor } from "../../src/virt/libvirt-hypervisor.ts";
 import { attachLoop, createBlkioCgroup, removeLeftovers } from "../helpers/block-device.ts";
-import { fithaBinary, runFitha } from "../helpers/fitha.ts";
+import { daemonCommand, runFitha } from "../helpers/fitha.ts";
 import { formatLeaseFile, killStartedLockds, lockdHost, startLockd, testIoTimeoutS, type LockdHost } from "../helpers/lockd.ts";
 import { domainXml, startLibvirtd, type LocalLibvirtd } from "../helpers/libvirtd.ts";
 import { tempDir } from "../helpers/tmp.ts";
@@ -111,7 +111,7 @@ describe("lockd with VMs", () => {
     await formatLeaseFile(dir);
     const h = lockdHost(dir, 1, { hypervisor: libvirtd.uri });
     const lockd = await startLockd(h);
-    const watchdog = Bun.spawn([fithaBinary, "watchdog", "--state-dir", h.stateDir, "--hypervisor", libvirtd.uri, "--log-format", "json"], { stdin: "ignore", stdout: "ignore", stderr: "pipe" });
+    const watchdog = Bun.spawn(daemonCommand(["watchdog", "--state-dir", h.stateDir, "--hypervisor", libvirtd.uri, "--log-format", "json"]), { stdin: "ignore", stdout: "ignore", stderr: "pipe" });
     watchdogs.add(watchdog);
     const vms = await vmsWithLeases(h, 3);
     lockd.kill("SIGSTOP");
@@ -149,7 +149,7 @@ describe("lockd with VMs", () => {
     const h = lockdHost(dir, 1, { hypervisor: libvirtd.uri });
     const lockd = await startLockd(h);
     const watchdog = Bun.spawn(
-      [fithaBinary, "watchdog", "--state-dir", h.stateDir, "--hypervisor", libvirtd.uri, "--qemu-run-dir", runDir, "--call-timeout-ms", "500", "--log-format", "json"],
+      daemonCommand(["watchdog", "--state-dir", h.stateDir, "--hypervisor", libvirtd.uri, "--qemu-run-dir", runDir, "--call-timeout-ms", "500", "--log-format", "json"]),
       { stdin: "ignore", stdout: "ignore", stderr: "pipe" },
     );
     watchdogs.add(watchdog);
