@@ -1,23 +1,41 @@
 /**
  * A local fitha cluster on one machine, shown step by step with the real binary: a real etcd
- * (the three network planes share it here), three compute hosts' agents heartbeating on every
- * plane, a controller, and then one host failing — the controller sees its planes go down and,
- * after the grace period, requests the recovery of its HA VMs. (Restarting those VMs elsewhere
- * comes with the recovery executor; until then the demo stops at the request.)
+ * (the three network planes share it here), a controller, and three compute hosts — each with
+ * its own libvirtd (libvirt's test driver stands in for QEMU: its VMs are that host's), its own
+ * lockd on one shared lease file, and its agent. compute-2 runs three HA VMs and one that is not
+ * HA; then compute-2 dies (all of it at once), and the demo shows its HA VMs starting on the other
+ * hosts once its leases have expired, while the other VM is left alone.
  *
- * Heartbeats are made fast for the demo (every 1 s, living 3 s; grace 5 s) with the same
- * commands an operator would use: `fitha config set` and `fitha strategy set`.
+ * Fast settings for the demo, set the way an operator would (`fitha config set`, `fitha strategy
+ * set`): heartbeats every 1 s living 3 s, grace 3 s; lockd's I/O timeout 0.5 s with a 2 s kill
+ * budget (a host's VM leases can be taken 6 s after its last renewal).
  */
 import { join } from "node:path";
 import { startEtcd } from "../test/helpers/etcd.ts";
 import { writeConfig } from "../test/helpers/config.ts";
+import { daemonCommand } from "../test/helpers/fitha.ts";
+import { domainXml, startLibvirtd, type LocalLibvirtd } from "../test/helpers/libvirtd.ts";
 import { terminate } from "../test/helpers/terminate.ts";
 import { tempDir } from "../test/helpers/tmp.ts";
+import { LibvirtHypervisor } from "../src/virt/libvirt-hypervisor.ts";
+import { EtcdKv } from "../src/store/etcd-kv.ts";
+import { keys } from "../src/store/keys.ts";
+import { hostRecord } from "../src/store/records.ts";
+import { readRecord } from "../src/store/typed.ts";
+import { etcdSettings } from "../test/helpers/etcd-settings.ts";
 
 const binary = join(import.meta.dir, "../dist/fitha");
-const hosts = ["compute-1", "compute-2", "compute-3"];
-const env = { PATH: process.env["PATH"] ?? "/usr/bin:/bin" };
-const daemons = new Map<string, Bun.Subprocess>();
+const env = { PATH: process.env["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin" };
+const daemons = new Set<Bun.Subprocess>();
+
+interface Host {
+  readonly name: string;
+  readonly libvirtd: LocalLibvirtd;
+  readonly config: string;
+  readonly socket: string;
+  readonly agent: Bun.Subprocess;
+  readonly lockd: Bun.Subprocess;
+}
 
 function step(text: string): void {
   process.stdout.write(`\n== ${text}\n`);
@@ -30,79 +48,119 @@ async function fitha(...args: string[]): Promise<number> {
   return await child.exited;
 }
 
-/** A daemon in the background; its logs go to a file in the demo's dir. */
-function daemon(name: string, args: string[], logDir: string): void {
+/** Runs dist/fitha quietly and returns its stdout (for the demo's own checks). */
+async function quietly(...args: string[]): Promise<string> {
+  const child = Bun.spawn([binary, ...args], { stdout: "pipe", stderr: "ignore", env });
+  const [text] = await Promise.all([new Response(child.stdout).text(), child.exited]);
+  return text;
+}
+
+/** A daemon in the background (it dies with the demo); its logs go to a file in the demo's dir. */
+function daemon(name: string, args: string[], logDir: string): Bun.Subprocess {
   const log = Bun.file(join(logDir, `${name}.log`));
-  daemons.set(name, Bun.spawn([binary, ...args], { stdin: "ignore", stdout: log, stderr: log, env }));
+  const child = Bun.spawn(daemonCommand(args), { stdin: "ignore", stdout: log, stderr: log, env });
+  daemons.add(child);
+  return child;
 }
 
-/** Polls `fitha status --json` until `condition` holds, at most `timeoutMs`. */
-async function waitForStatus(config: string, condition: (state: StatusState) => boolean, timeoutMs: number): Promise<boolean> {
+async function until(what: string, condition: () => Promise<boolean>, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const child = Bun.spawn([binary, "status", "--config", config, "--json"], { stdout: "pipe", stderr: "ignore", env });
-    const text = await new Response(child.stdout).text();
-    await child.exited;
-    try {
-      const state = (JSON.parse(text) as { state: StatusState | null }).state;
-      if (state !== null && condition(state)) return true;
-    } catch {
-      // Not ready yet: try again.
-    }
-    await Bun.sleep(500);
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await Bun.sleep(250);
   }
-  return false;
-}
-
-interface StatusState {
-  leader: { name: string } | null;
-  hosts: Array<{ name: string; recovery_requested: boolean; view: { decision: string } | null }>;
 }
 
 await using dir = await tempDir("demo");
+const libvirtds: LocalLibvirtd[] = [];
 try {
   step("Starting a local etcd server (on a free loopback port, data in a temp dir)");
   await using etcd = await startEtcd({ name: "demo" });
   process.stdout.write(`etcd is up at ${etcd.endpoint}\n`);
 
-  step("Writing one fitha.toml per host: on one machine the three network planes share this etcd");
-  const configs = new Map<string, string>();
-  for (const name of [...hosts, "controller"]) {
-    const hostDir = join(dir.path, name);
-    await Bun.$`mkdir -p ${hostDir}`.quiet();
-    const extra = name === "controller" ? `[controller]\nname = "controller-1"\nelection_ttl_ms = 3000\n` : `[host]\nname = "${name}"\nhypervisor = "test:///default"\n`;
-    configs.set(name, await writeConfig(hostDir, { management: etcd.endpoint, extra }));
-  }
-  const config = configs.get("controller")!;
-  process.stdout.write(await Bun.file(configs.get("compute-1")!).text());
-  process.stdout.write("\n");
-  await fitha("config", "check", config);
+  step("A shared lease file: the lockspace every host's lockd uses (host leases and VM leases)");
+  const leaseFile = join(dir.path, "leases");
+  await fitha("lease", "format", "--path", leaseFile, "--hosts", "8", "--slots", "64", "--max-io-timeout-ms", "1000", "--kill-budget-ms", "2000");
 
-  step("Fast heartbeats and a short grace period for the demo (an operator's runtime settings)");
+  step("A controller, and fast timings for the demo (an operator's runtime settings)");
+  const controllerDir = join(dir.path, "controller");
+  await Bun.$`mkdir -p ${controllerDir}`.quiet();
+  const config = await writeConfig(controllerDir, { management: etcd.endpoint, extra: `[controller]\nname = "controller-1"\nelection_ttl_ms = 3000\n` });
   await fitha("config", "set", "heartbeat_interval_ms", "1000", "--config", config);
   await fitha("config", "set", "heartbeat_ttl_ms", "3000", "--config", config);
   const strategyFile = join(dir.path, "strategy.json");
-  const strategy = JSON.parse(await new Response(Bun.spawn([binary, "strategy", "default"], { stdout: "pipe", env }).stdout).text()) as { grace_ms: number };
-  await Bun.write(strategyFile, JSON.stringify({ ...strategy, grace_ms: 5_000 }, null, 2));
+  const strategy = JSON.parse(await quietly("strategy", "default")) as { grace_ms: number };
+  await Bun.write(strategyFile, JSON.stringify({ ...strategy, grace_ms: 3_000 }, null, 2));
   await fitha("strategy", "set", strategyFile, "--config", config);
-
-  step("Starting the agents of three compute hosts and a controller");
-  for (const host of hosts) daemon(host, ["agent", "--config", configs.get(host)!], dir.path);
   daemon("controller", ["controller", "--config", config], dir.path);
-  const healthy = await waitForStatus(config, (s) => s.leader !== null && s.hosts.length === 3 && s.hosts.every((h) => h.view?.decision === "healthy"), 30_000);
-  await fitha("status", "--config", config);
-  if (!healthy) throw new Error(`the cluster did not come up healthy; logs in ${dir.path}`);
 
-  step("compute-2 fails: its agent is killed (SIGKILL), so its heartbeats stop on every plane");
-  daemons.get("compute-2")!.kill("SIGKILL");
-  process.stdout.write("waiting for the heartbeats to expire (3 s) and the grace period (5 s)...\n");
-  const detected = await waitForStatus(config, (s) => s.hosts.some((h) => h.name === "compute-2" && h.recovery_requested), 30_000);
-  await fitha("status", "--config", config);
-  await fitha("events", "--config", config, "--host", "compute-2");
-  if (!detected) throw new Error(`compute-2's failure was not detected; logs in ${dir.path}`);
+  step("Three compute hosts, each with its own libvirtd (test driver), its agent and its lockd");
+  const management = EtcdKv.connect(etcdSettings({ endpoint: etcd.endpoint }), "management");
+  const hosts: Host[] = [];
+  for (const name of ["compute-1", "compute-2", "compute-3"]) {
+    const hostDir = join(dir.path, name);
+    await Bun.$`mkdir -p ${hostDir}`.quiet();
+    const libvirtd = await startLibvirtd();
+    libvirtds.push(libvirtd);
+    const socket = join(hostDir, "run", "lockd.sock");
+    const hostConfig = await writeConfig(hostDir, { management: etcd.endpoint, extra: `[host]\nname = "${name}"\nhypervisor = "${libvirtd.uri}"\nlockd_socket = "${socket}"\n` });
+    const agent = daemon(`${name}-agent`, ["agent", "--config", hostConfig], dir.path);
+    // The agent claims the host's lockspace id in etcd; its lockd then joins with that id.
+    let hostId = 0;
+    await until(`${name} registered`, async () => {
+      const registered = await readRecord(management, keys("/fitha").host(name), hostRecord);
+      hostId = registered !== undefined && "record" in registered ? registered.record.hostId : 0;
+      return hostId > 0;
+    }, 30_000);
+    const lockd = daemon(`${name}-lockd`, ["lockd", "--lease-file", leaseFile, "--host-id", String(hostId), "--host", name, "--socket", socket, "--state-dir", join(hostDir, "lockd"), "--hypervisor", libvirtd.uri, "--io-timeout", "0.5", "--id-allocation", "unique"], dir.path);
+    await until(`${name}'s lockd`, async () => (await quietly("lease", "status", "--socket", socket)) !== "", 30_000);
+    hosts.push({ name, libvirtd, config: hostConfig, socket, agent, lockd });
+    process.stdout.write(`${name}: agent, lockd (host id ${hostId}) and libvirtd up\n`);
+  }
+  const [, compute2] = hosts as [Host, Host, Host];
 
-  step("Done: compute-2's HA VMs would now be restarted on compute-1 and compute-3");
-  process.stdout.write("(The recovery executor that starts them there is the next piece of fitha; stopping everything.)\n");
+  step("VMs on compute-2: three HA VMs (their leases taken by compute-2's lockd) and one that is not HA");
+  const hypervisor = await LibvirtHypervisor.open(compute2.libvirtd.uri);
+  const ha: string[] = [];
+  for (const [name, isHa, priority] of [["web-1", true, 5], ["web-2", true, 9], ["db-1", true, 1], ["batch-1", false, 0]] as const) {
+    const file = join(dir.path, `${name}.xml`);
+    await Bun.write(file, domainXml(name));
+    const vm = JSON.parse(await quietly("vm", "add", "--xml", file, ...(isHa ? ["--ha"] : []), "--priority", String(priority), "--host", "compute-2", "--json", "--config", config)) as { uuid: string; slot: number | null; xml: string };
+    if (vm.slot !== null) await quietly("lease", "acquire", vm.uuid, "--slot", String(vm.slot), "--socket", compute2.socket);
+    await hypervisor.define(vm.xml);
+    await hypervisor.start(vm.uuid);
+    if (isHa) ha.push(vm.uuid);
+  }
+  await hypervisor.close();
+  await until("every host healthy", async () => (await quietly("status", "--config", config)).split("\n").filter((line) => line.includes("healthy")).length === 3, 30_000);
+  await fitha("vm", "list", "--config", config);
+  await fitha("status", "--config", config);
+
+  step("compute-2 dies: its agent, its lockd and its libvirtd (with the VMs) killed at once");
+  compute2.agent.kill("SIGKILL");
+  compute2.lockd.kill("SIGKILL");
+  await compute2.libvirtd.stop();
+  const diedAtMs = Date.now();
+  process.stdout.write("waiting: heartbeats expire (3 s), grace (3 s), compute-2's leases can be taken 6 s after its last renewal...\n");
+  const others = hosts.filter((h) => h !== compute2);
+  const runningElsewhere = async () => {
+    let count = 0;
+    for (const host of others) {
+      const listing = await LibvirtHypervisor.open(host.libvirtd.uri);
+      count += (await listing.listDomains()).filter((d) => d.state === "running" && ha.includes(d.uuid)).length;
+      await listing.close();
+    }
+    return count;
+  };
+  await until("compute-2's HA VMs running elsewhere", async () => (await runningElsewhere()) === ha.length, 60_000);
+  process.stdout.write(`compute-2's ${ha.length} HA VMs run again, ${((Date.now() - diedAtMs) / 1000).toFixed(1)} s after it died\n`);
+  await fitha("tasks", "--config", config);
+  await fitha("vm", "list", "--config", config);
+  await fitha("status", "--config", config);
+
+  step("Done: the HA VMs were healed onto compute-1 and compute-3; batch-1 (not HA) stayed with compute-2");
+  management.close();
 } finally {
-  for (const child of daemons.values()) await terminate(child, 3_000);
+  for (const child of daemons) await terminate(child, 3_000);
+  for (const libvirtd of libvirtds) await libvirtd.stop();
 }
