@@ -22,6 +22,7 @@ import { decodeEntry, readRecord } from "../store/typed.ts";
 import { PrefixWatcher } from "../store/watcher.ts";
 import type { Hypervisor } from "../virt/hypervisor.ts";
 import { OrderRunner } from "./order-runner.ts";
+import { FencingBridge, type LockdQuestions } from "./fencing-bridge.ts";
 import { PlaneHeartbeat } from "./plane-heartbeat.ts";
 import { VmActions } from "./vm-actions.ts";
 import type { VmLeases } from "./vm-leases.ts";
@@ -50,6 +51,8 @@ export interface AgentEnvironment {
    * orders, no restarts — and is only the control-plane half (tests and benches of that half).
    */
   readonly leases?: VmLeases;
+  /** lockd's fencing questions, bridged to the controller (fencing-bridge.ts); none: lockd decides alone (fences at its deadline). */
+  readonly questions?: LockdQuestions;
 }
 
 export class Agent {
@@ -60,6 +63,7 @@ export class Agent {
   #reachabilityWrite: Promise<void> = Promise.resolve();
   #vmWatch: VmWatch | undefined;
   #orders: OrderRunner | undefined;
+  #fencing: FencingBridge | undefined;
 
   private constructor(
     readonly options: AgentOptions,
@@ -99,6 +103,9 @@ export class Agent {
       agent.#vmWatch = new VmWatch(vms);
       agent.#orders = new OrderRunner(vms);
     }
+    if (env.questions !== undefined) {
+      agent.#fencing = new FencingBridge({ host: options.host, kv: env.kv, keys: env.keys, clock: env.clock, now: env.now, lockd: env.questions });
+    }
     log.info("agent started", { host: options.host, host_id: hostId, manages_vms: env.leases !== undefined });
     return agent;
   }
@@ -115,6 +122,7 @@ export class Agent {
   async stop(): Promise<void> {
     // Orders first: one under way finishes (result written) before the rest stops.
     await this.#orders?.stop();
+    await this.#fencing?.stop();
     await this.#vmWatch?.stop();
     await Promise.all(this.#heartbeats.map((h) => h.stop()));
     await this.#settingsWatch?.stop();

@@ -22,6 +22,7 @@ import { KvError, type Kv, type KvChange, type KvEntry } from "../store/kv.ts";
 import { maintenanceRecord, type EventRecord, type HostStateRecord, type ModeRecord, type RecoveryRequest } from "../store/records.ts";
 import { decodeEntry } from "../store/typed.ts";
 import { PrefixWatcher } from "../store/watcher.ts";
+import { FencingResponder } from "./fencing-responder.ts";
 import { RecoveryExecutor } from "./recovery.ts";
 
 const log = logger("controller");
@@ -120,10 +121,11 @@ class Term {
   #stepping: Promise<void> = Promise.resolve();
   readonly #probes: Promise<void>;
   readonly recovery: RecoveryExecutor;
+  readonly fencing: FencingResponder;
   /** Hosts that may receive recovered VMs: healthy, not in maintenance, and HA active. */
   #eligible: ReadonlySet<string> = new Set();
-  /** The pending wake-up for recovery tasks falling due (one at a time: the earliest). */
-  #recoveryWakeAtMs: number | undefined;
+  /** Per source of deadlines (fencing events, recovery tasks), the pending wake-up: the earliest only. */
+  readonly #deadlineWakeAtMs = new Map<string, number>();
 
   constructor(readonly controller: Controller) {
     const { env } = controller;
@@ -148,12 +150,23 @@ class Term {
       eligibleHosts: () => this.#eligible,
       changed: () => this.#schedule(),
     });
+    this.fencing = new FencingResponder({
+      kv: env.kv,
+      keys,
+      clock: env.clock,
+      now: env.now,
+      name: controller.options.name,
+      leading: () => this.#leading,
+      registeredHosts: () => this.registered,
+      changed: () => this.#schedule(),
+    });
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
     await Promise.all([...this.#watchers, ...this.#heartbeatWatchers.values()].map((w) => w.stop()));
     await this.recovery.stop();
+    await this.fencing.stop();
     await this.#probes;
     await this.#stepping;
   }
@@ -342,6 +355,17 @@ class Term {
     });
   }
 
+  /** A step in `dueInMs` for `source`, unless one for it is pending sooner. */
+  #wakeIn(source: string, dueInMs: number | undefined): void {
+    if (dueInMs === undefined) return;
+    const { clock } = this.controller.env;
+    const dueMs = clock.nowMs() + dueInMs;
+    const pending = this.#deadlineWakeAtMs.get(source);
+    if (pending !== undefined && pending > clock.nowMs() && pending <= dueMs) return;
+    this.#deadlineWakeAtMs.set(source, dueMs);
+    void clock.sleep(dueInMs + 1).then(() => this.#schedule());
+  }
+
   /** A step at `atMs` (a grace period ends then); only the latest such wake-up counts. */
   #wakeAt(atMs: number): void {
     const { clock } = this.controller.env;
@@ -373,14 +397,8 @@ class Term {
       result.mode === "normal"
         ? new Set([...result.decisions].filter(([host, decision]) => decision.kind === "no-ha" && decision.why === "healthy" && !this.hostsInMaintenance.has(host)).map(([host]) => host))
         : new Set();
-    const recovery = await this.recovery.step();
-    if (recovery.nextDueInMs !== undefined) {
-      const dueMs = env.clock.nowMs() + recovery.nextDueInMs;
-      if (this.#recoveryWakeAtMs === undefined || dueMs < this.#recoveryWakeAtMs || this.#recoveryWakeAtMs <= env.clock.nowMs()) {
-        this.#recoveryWakeAtMs = dueMs;
-        void env.clock.sleep(recovery.nextDueInMs + 1).then(() => this.#schedule());
-      }
-    }
+    this.#wakeIn("fencing", await this.fencing.step());
+    this.#wakeIn("recovery", (await this.recovery.step()).nextDueInMs);
     // A grace period ending changes a decision with no new input: wake for it.
     if (result.nextWakeMs === undefined) this.#wakeAtMs = undefined;
     else if (result.nextWakeMs !== this.#wakeAtMs) this.#wakeAt(result.nextWakeMs);

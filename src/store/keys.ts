@@ -24,6 +24,8 @@
  * | P/orders/HOST/UUID                 | management      | VmOrder              | active controller     |
  * | P/order-results/HOST/UUID          | management      | OrderResult          | agent of HOST         |
  * | P/tasks/UUID                       | management      | TaskRecord           | active controller     |
+ * | P/fencing/HOST/QUESTION            | every plane's   | FencingEventRecord   | agent of HOST (lockd asks) |
+ * | P/fencing-answers/HOST/QUESTION    | every plane's   | FencingAnswerRecord  | active controller     |
  *
  * NAME is a host name (DNS label characters); PLANE is management, storage or service (in the
  * key as well as the cluster: on a lab machine the three planes may share one cluster); SEQ is a
@@ -78,6 +80,11 @@ export interface Keys {
   /** One recovery task per VM being recovered. */
   readonly tasksPrefix: string;
   task(uuid: string): string;
+  /** Fencing events (lockd's questions), written to every plane's cluster: any one getting through is enough. */
+  readonly fencingPrefix: string;
+  fencing(host: string, question: number): string;
+  readonly fencingAnswersPrefix: string;
+  fencingAnswer(host: string, question: number): string;
 }
 
 /** Host names as keys: DNS label characters only, so no name can reach outside its prefix. */
@@ -94,6 +101,11 @@ export const vmUuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 function checkVmUuid(uuid: string): string {
   if (!vmUuidPattern.test(uuid)) throw new RangeError(`VM UUID ${JSON.stringify(uuid)}: 8-4-4-4-12 lower-case hex digits`);
   return uuid;
+}
+
+function checkQuestion(question: number): number {
+  if (!(Number.isSafeInteger(question) && question >= 1)) throw new RangeError(`fencing question ${question}`);
+  return question;
 }
 
 function checkPlane(plane: Plane): Plane {
@@ -156,5 +168,9 @@ export function keys(prefix: string): Keys {
     orderResult: (host: string, uuid: string) => under(`order-results/${checkHostName(host)}/${checkVmUuid(uuid)}`),
     tasksPrefix: under("tasks/"),
     task: (uuid: string) => under(`tasks/${checkVmUuid(uuid)}`),
+    fencingPrefix: under("fencing/"),
+    fencing: (host: string, question: number) => under(`fencing/${checkHostName(host)}/${checkQuestion(question)}`),
+    fencingAnswersPrefix: under("fencing-answers/"),
+    fencingAnswer: (host: string, question: number) => under(`fencing-answers/${checkHostName(host)}/${checkQuestion(question)}`),
   });
 }

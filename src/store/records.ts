@@ -146,6 +146,8 @@ export const eventKinds = [
   "recovery-waiting",
   "recovery-failed",
   "vm-restarted",
+  "fencing-asked",
+  "fencing-answered",
 ] as const;
 export type EventKind = (typeof eventKinds)[number];
 
@@ -388,5 +390,52 @@ export const taskRecord: Codec<TaskRecord> = (raw, source) => {
     createdMs: time("createdMs"),
     updatedMs: time("updatedMs"),
     reason: f.text(r["reason"], "reason"),
+  });
+};
+
+/** lockd on HOST cannot renew its lease and asks whether to fence (question number QUESTION of that lockd). */
+export interface FencingEventRecord {
+  readonly host: string;
+  readonly question: number;
+  readonly vms: readonly string[];
+  readonly reason: string;
+  /** How long lockd waits for the answer before it fences anyway. */
+  readonly answerWithinMs: number;
+  readonly at: string;
+}
+
+export const fencingEventRecord: Codec<FencingEventRecord> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["host", "question", "vms", "reason", "answerWithinMs", "at"]);
+  const vms = Array.isArray(r["vms"]) && r["vms"].length <= 10_000 ? (r["vms"] as unknown[]).map((vm, i) => f.string(vm, `vms[${i}]`, { maxLength: 64 })) : (f.problem("vms", "expected a list of at most 10000 VMs"), []);
+  return f.done({
+    host: f.string(r["host"], "host", { pattern: hostName }),
+    question: f.integer(r["question"], "question", 1, Number.MAX_SAFE_INTEGER),
+    vms,
+    reason: f.text(r["reason"], "reason"),
+    answerWithinMs: f.integer(r["answerWithinMs"], "answerWithinMs", 0, 86_400_000),
+    at: f.time(r["at"], "at"),
+  });
+};
+
+export interface FencingAnswerRecord {
+  readonly host: string;
+  readonly question: number;
+  readonly answer: "fence" | "no-fence";
+  readonly reason: string;
+  readonly at: string;
+  readonly by: string;
+}
+
+export const fencingAnswerRecord: Codec<FencingAnswerRecord> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["host", "question", "answer", "reason", "at", "by"]);
+  return f.done({
+    host: f.string(r["host"], "host", { pattern: hostName }),
+    question: f.integer(r["question"], "question", 1, Number.MAX_SAFE_INTEGER),
+    answer: f.choice(r["answer"], "answer", ["fence", "no-fence"] as const),
+    reason: f.text(r["reason"], "reason"),
+    at: f.time(r["at"], "at"),
+    by: f.string(r["by"], "by", { maxLength: 256 }),
   });
 };

@@ -6,6 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Writable } from "node:stream";
 import { Agent } from "../../src/agent/agent.ts";
+import type { LockdQuestion, LockdQuestions } from "../../src/agent/fencing-bridge.ts";
 import { planes, type Plane } from "../../src/config/fitha-config.ts";
 import { VirtualClock } from "../../src/core/clock.ts";
 import { settingsToJson, defaultSettings } from "../../src/core/settings.ts";
@@ -27,6 +28,28 @@ const keys = keysFor("/fitha");
 const graceMs = 5_000;
 const ttlMs = 3_000;
 
+/** lockd's question channel, played by the test: ask(), then see what answer came back. */
+class FakeLockdQuestions implements LockdQuestions {
+  #listener: ((question: LockdQuestion) => void) | undefined;
+  open: number | null = null;
+  readonly answers: Array<{ question: number; answer: string }> = [];
+
+  subscribe(onQuestion: (question: LockdQuestion) => void) {
+    this.#listener = onQuestion;
+    return { close: () => (this.#listener = undefined) };
+  }
+  async openQuestion() {
+    return this.open;
+  }
+  async answer(question: number, answer: "fence" | "no-fence") {
+    this.answers.push({ question, answer });
+  }
+  ask(question: number): void {
+    this.open = question;
+    this.#listener?.({ question, vms: ["vm-a"], reason: "no successful renewal for 4000 ms", answerWithinMs: 6_000 });
+  }
+}
+
 class Lab {
   readonly clock = new VirtualClock();
   readonly clusters = Object.fromEntries(planes.map((plane) => [plane, new MemoryCluster(this.clock)])) as Record<Plane, MemoryCluster>;
@@ -41,16 +64,21 @@ class Lab {
     return Object.fromEntries(planes.map((plane) => [plane, this.clusters[plane].connect({ name: `etcd of the ${plane} plane (${who})`, requestTimeoutMs: 1_000 })])) as Record<Plane, MemoryKv>;
   }
 
-  async setup(hosts: number, controllers = 1): Promise<void> {
+  /** Per host, a stand-in for its lockd's question channel (only when setup was asked for them). */
+  readonly questions = new Map<string, FakeLockdQuestions>();
+
+  async setup(hosts: number, controllers = 1, options: { questions?: boolean } = {}): Promise<void> {
     await this.admin.management.put(keys.settings, JSON.stringify({ ...settingsToJson(defaultSettings), heartbeat_interval_ms: 1_000, heartbeat_ttl_ms: ttlMs }));
     await this.admin.management.put(keys.strategy, JSON.stringify({ ...strategyToJson(defaultStrategy), grace_ms: graceMs }));
     for (let i = 1; i <= hosts; i++) {
       const host = `host-${i}`;
       const links = this.connect(host);
+      const questions = options.questions === true ? new FakeLockdQuestions() : undefined;
+      if (questions !== undefined) this.questions.set(host, questions);
       const agent = await this.clock.run(
         Agent.start(
           { host, addresses: { management: `10.0.0.${i}`, storage: `10.1.0.${i}`, service: `10.2.0.${i}` }, agentVersion: "test" },
-          { clock: this.clock, now: this.now, kv: links, keys, hypervisor: new MemoryHypervisor() },
+          { clock: this.clock, now: this.now, kv: links, keys, hypervisor: new MemoryHypervisor(), ...(questions === undefined ? {} : { questions }) },
         ),
       );
       this.agents.set(host, { agent, links });
@@ -317,6 +345,37 @@ describe("recovery on in-memory etcd and virtual time", () => {
     }
     expect([...perVm.values()].every((count) => count === 1)).toBe(true);
     expect(perVm.size).toBe(vms.length);
+    await lab.stop();
+  });
+});
+
+describe("fencing events on in-memory etcd and virtual time", () => {
+  test("one host's storage trouble: its question is answered fence (after waiting for others up to half the window); the event is removed once over", async () => {
+    const lab = new Lab();
+    await lab.setup(3, 1, { questions: true });
+    const asking = lab.questions.get("host-1")!;
+    asking.ask(7);
+    await lab.clock.advance(2_000);
+    expect(asking.answers).toEqual([]); // still waiting for other hosts to report (3 s = half of 6 s)
+    expect((await lab.admin.storage.getPrefix(keys.fencingPrefix)).entries.map((e) => e.key)).toEqual([keys.fencing("host-1", 7)]);
+    await lab.clock.advance(2_000);
+    expect(asking.answers).toEqual([{ question: 7, answer: "fence" }]);
+    asking.open = null; // lockd fenced: its question is over
+    await lab.clock.advance(1_000);
+    for (const plane of planes) expect((await lab.admin[plane].getPrefix(keys.fencingPrefix)).entries).toEqual([]);
+    const events = (await listEvents(lab.admin.management, keys, { limit: 100 })).events.map((e) => e.record);
+    expect(events.find((e) => e.kind === "fencing-answered")?.reason).toContain("question 7: fence: 2 other host(s) may still read the shared storage");
+    await lab.stop();
+  });
+
+  test("every host loses the storage: no-fence for all, at once; the same question on three planes is answered once", async () => {
+    const lab = new Lab();
+    await lab.setup(3, 1, { questions: true });
+    for (const [i, host] of ["host-1", "host-2", "host-3"].entries()) lab.questions.get(host)!.ask(i + 1);
+    await lab.clock.advance(1_000);
+    for (const [i, host] of ["host-1", "host-2", "host-3"].entries()) expect(lab.questions.get(host)!.answers).toEqual([{ question: i + 1, answer: "no-fence" }]);
+    const answered = (await listEvents(lab.admin.management, keys, { limit: 100 })).events.filter((e) => e.record.kind === "fencing-answered");
+    expect(answered).toHaveLength(3);
     await lab.stop();
   });
 });
