@@ -13,6 +13,8 @@ import { encodeRecord } from "../../src/lease/records.ts";
 import { requestLockd } from "../../src/lockd/client.ts";
 import type { LockdEvent } from "../../src/lockd/protocol.ts";
 import { LibvirtHypervisor } from "../../src/virt/libvirt-hypervisor.ts";
+import { LockdSocketQuestions } from "../../src/agent/lockd-questions.ts";
+import { monotonicClock } from "../../src/core/clock.ts";
 import { attachLoop, createBlkioCgroup, removeLeftovers } from "../helpers/block-device.ts";
 import { daemonCommand, runFitha } from "../helpers/fitha.ts";
 import { formatLeaseFile, killStartedLockds, lockdHost, startLockd, testIoTimeoutS, type LockdHost } from "../helpers/lockd.ts";
@@ -248,7 +250,14 @@ async function hungStorage(body: (hung: HungStorage) => Promise<void>): Promise<
   await cgroup.addProcess(lockd.pid);
   await cgroup.hang(loop.majorMinor);
   const hungAtMs = Date.now();
+  // The agent's way in (src/agent/lockd-questions.ts) sees the same question.
+  const bridged: number[] = [];
+  const agentSide = new LockdSocketQuestions(h.socket, monotonicClock);
+  const subscription = agentSide.subscribe((q) => bridged.push(q.question));
+  cleanup.defer(() => subscription.close());
   await eventually("a fencing question at renewal-warn", async () => events.some((e) => e.event === "question"), 6_000);
   const question = events.find((e): e is Extract<LockdEvent, { event: "question" }> => e.event === "question")!;
+  await eventually("the question reaches the agent's subscription", () => bridged.includes(question.question), 2_000);
+  expect(await agentSide.openQuestion()).toBe(question.question);
   await body({ h, vms, question, hungAtMs, release: () => cgroup.release(loop.majorMinor) });
 }

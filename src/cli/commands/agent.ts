@@ -9,6 +9,7 @@ import { KvError } from "../../store/kv.ts";
 import { buildInfo } from "../../version.ts";
 import { HypervisorError } from "../../virt/hypervisor.ts";
 import { WorkerHypervisor } from "../../virt/worker-hypervisor.ts";
+import { LockdSocketQuestions } from "../../agent/lockd-questions.ts";
 import { LockdVmLeases, lockdRequestTimeoutMs } from "../../agent/vm-leases.ts";
 import { configArg, logArgs } from "../args.ts";
 import { loadCommandConfig } from "../command-config.ts";
@@ -29,7 +30,15 @@ export const agentCommand = defineCommand({
       hypervisor = await WorkerHypervisor.open(config.host.hypervisor, { callTimeoutMs: 30_000 });
       agent = await Agent.start(
         { host, addresses: config.host.addresses, agentVersion: buildInfo.version },
-        { clock: monotonicClock, now: () => new Date(), kv, keys: keys(config.etcd.prefix), hypervisor, leases: new LockdVmLeases(config.host.lockd_socket, lockdRequestTimeoutMs) },
+        {
+          clock: monotonicClock,
+          now: () => new Date(),
+          kv,
+          keys: keys(config.etcd.prefix),
+          hypervisor,
+          leases: new LockdVmLeases(config.host.lockd_socket, lockdRequestTimeoutMs),
+          questions: new LockdSocketQuestions(config.host.lockd_socket, monotonicClock),
+        },
       );
     } catch (error) {
       await hypervisor?.close();
