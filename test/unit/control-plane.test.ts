@@ -320,6 +320,26 @@ describe("recovery on in-memory etcd and virtual time", () => {
     await lab.stop();
   });
 
+  test("the recovery limit changed from 2 to 50 during a recovery: concurrency follows at once", async () => {
+    const lab = new Lab();
+    await lab.setup(4);
+    const limits = (global: number, perHost: number) => JSON.stringify({ ...settingsToJson(defaultSettings), heartbeat_interval_ms: 1_000, heartbeat_ttl_ms: ttlMs, recovery_concurrency: global, recovery_concurrency_per_host: perHost });
+    await lab.admin.management.put(keys.settings, limits(2, 2));
+    await registerVms(lab, "host-4", Array.from({ length: 60 }, () => 0));
+    lab.setLinks("host-4", { management: "down", service: "down", storage: "down" });
+    await lab.clock.advance(ttlMs + graceMs + 2_000);
+    const startingCount = async () => [...(await tasks(lab)).values()].filter((t) => t.state === "starting").length;
+    expect((await tasks(lab)).size).toBe(60);
+    expect(await startingCount()).toBe(2);
+    await lab.clock.advance(5_000);
+    expect(await startingCount()).toBe(2); // nobody answered: the limit holds
+    await lab.admin.management.put(keys.settings, limits(50, 50));
+    await lab.clock.advance(100);
+    // 16 GiB per host, 1 GiB per VM: 3 hosts take 16 each.
+    expect(await startingCount()).toBe(48);
+    await lab.stop();
+  });
+
   test("a new leader in the middle of a recovery resumes it: every VM started exactly once", async () => {
     const lab = new Lab();
     await lab.setup(5, 2);
