@@ -23,6 +23,7 @@ import { PrefixWatcher } from "../store/watcher.ts";
 import type { Hypervisor } from "../virt/hypervisor.ts";
 import { OrderRunner } from "./order-runner.ts";
 import { FencingBridge, type LockdQuestions } from "./fencing-bridge.ts";
+import { SelfFence, type HeldLeases } from "./self-fence.ts";
 import { PlaneHeartbeat } from "./plane-heartbeat.ts";
 import { VmActions } from "./vm-actions.ts";
 import type { VmLeases } from "./vm-leases.ts";
@@ -51,8 +52,12 @@ export interface AgentEnvironment {
    * orders, no restarts — and is only the control-plane half (tests and benches of that half).
    */
   readonly leases?: VmLeases;
-  /** lockd's fencing questions, bridged to the controller (fencing-bridge.ts); none: lockd decides alone (fences at its deadline). */
-  readonly questions?: LockdQuestions;
+  /**
+   * This host's lockd: its fencing questions, bridged to the controller (fencing-bridge.ts), and
+   * the leases it holds, for self-fencing (self-fence.ts, with `leases`). None: lockd decides
+   * alone (it fences at its deadline) and the agent never fences its host.
+   */
+  readonly questions?: LockdQuestions & HeldLeases;
 }
 
 export class Agent {
@@ -64,6 +69,9 @@ export class Agent {
   #vmWatch: VmWatch | undefined;
   #orders: OrderRunner | undefined;
   #fencing: FencingBridge | undefined;
+  #selfFence: SelfFence | undefined;
+  /** Since when each plane has been reachable or not (the agent's clock), for self-fencing. */
+  readonly #reachableSinceMs = new Map<Plane, number>();
 
   private constructor(
     readonly options: AgentOptions,
@@ -106,6 +114,18 @@ export class Agent {
     if (env.questions !== undefined) {
       agent.#fencing = new FencingBridge({ host: options.host, kv: env.kv, keys: env.keys, clock: env.clock, now: env.now, lockd: env.questions });
     }
+    if (env.questions !== undefined && env.leases !== undefined) {
+      agent.#selfFence = new SelfFence({
+        host: options.host,
+        management,
+        keys: env.keys,
+        clock: env.clock,
+        own: () => agent.#ownPlanes(),
+        lockd: env.questions,
+        actions: new VmActions(env.hypervisor, env.leases),
+        onFenced: (reason, vms) => void agent.#event("self-fenced", `${reason}; stopped ${vms.length} VM(s)${vms.length > 0 ? `: ${vms.join(", ")}` : ""}`),
+      });
+    }
     log.info("agent started", { host: options.host, host_id: hostId, manages_vms: env.leases !== undefined });
     return agent;
   }
@@ -123,6 +143,7 @@ export class Agent {
     // Orders first: one under way finishes (result written) before the rest stops.
     await this.#orders?.stop();
     await this.#fencing?.stop();
+    await this.#selfFence?.stop();
     await this.#vmWatch?.stop();
     await Promise.all(this.#heartbeats.map((h) => h.stop()));
     await this.#settingsWatch?.stop();
@@ -181,7 +202,14 @@ export class Agent {
     );
   }
 
+  /** Each plane as this agent reaches it, and since when; a plane never tried yet counts as reachable since start. */
+  #ownPlanes(): Record<Plane, { reachable: boolean; sinceMs: number }> {
+    const own = (plane: Plane) => ({ reachable: this.#reachable.get(plane) !== false, sinceMs: this.#reachableSinceMs.get(plane) ?? 0 });
+    return { management: own("management"), storage: own("storage"), service: own("service") };
+  }
+
   #onReachability(plane: Plane, reachable: boolean): void {
+    if (this.#reachable.get(plane) !== reachable) this.#reachableSinceMs.set(plane, this.env.clock.nowMs());
     this.#reachable.set(plane, reachable);
     // Serialised, and each write carries the latest view: a late write never overwrites a newer one.
     this.#reachabilityWrite = this.#reachabilityWrite.then(async () => {

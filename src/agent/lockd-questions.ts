@@ -9,6 +9,7 @@ import { logger } from "../log.ts";
 import { requestLockd } from "../lockd/client.ts";
 import type { LockdEvent } from "../lockd/protocol.ts";
 import type { LockdQuestion, LockdQuestions } from "./fencing-bridge.ts";
+import type { HeldLeases } from "./self-fence.ts";
 
 const log = logger("agent");
 
@@ -20,7 +21,7 @@ const requestTimeoutMs = 5_000;
 /** A line longer than this from lockd is not one of its events: the connection is dropped. */
 const maxLineBytes = 1024 * 1024;
 
-export class LockdSocketQuestions implements LockdQuestions {
+export class LockdSocketQuestions implements LockdQuestions, HeldLeases {
   constructor(
     readonly socketPath: string,
     readonly clock: Clock,
@@ -82,10 +83,18 @@ export class LockdSocketQuestions implements LockdQuestions {
   }
 
   async openQuestion(): Promise<number | null> {
+    const question = (await this.#status()).question;
+    return question === null ? null : question.id;
+  }
+
+  async heldLeases(): Promise<Array<{ vm: string; slot: number }>> {
+    return (await this.#status()).leases.map((lease) => ({ vm: lease.vm, slot: lease.slot }));
+  }
+
+  async #status(): Promise<{ question: { id: number } | null; leases: Array<{ vm: string; slot: number }> }> {
     const reply = await requestLockd(this.socketPath, { op: "status" }, requestTimeoutMs);
     if (!reply.ok) throw new Error(reply.message);
-    const question = (reply["status"] as { question: { id: number } | null }).question;
-    return question === null ? null : question.id;
+    return reply["status"] as { question: { id: number } | null; leases: Array<{ vm: string; slot: number }> };
   }
 
   async answer(question: number, answer: "fence" | "no-fence"): Promise<void> {

@@ -148,6 +148,7 @@ export const eventKinds = [
   "vm-restarted",
   "fencing-asked",
   "fencing-answered",
+  "self-fenced",
 ] as const;
 export type EventKind = (typeof eventKinds)[number];
 

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Writable } from "node:stream";
 import { Agent } from "../../src/agent/agent.ts";
 import type { LockdQuestion, LockdQuestions } from "../../src/agent/fencing-bridge.ts";
+import { MemoryVmLeases } from "../../src/agent/vm-leases.ts";
 import { planes, type Plane } from "../../src/config/fitha-config.ts";
 import { VirtualClock } from "../../src/core/clock.ts";
 import { settingsToJson, defaultSettings } from "../../src/core/settings.ts";
@@ -44,6 +45,11 @@ class FakeLockdQuestions implements LockdQuestions {
   async answer(question: number, answer: "fence" | "no-fence") {
     this.answers.push({ question, answer });
   }
+  /** The leases lockd holds (what self-fencing stops). */
+  held: Array<{ vm: string; slot: number }> = [];
+  async heldLeases() {
+    return this.held;
+  }
   ask(question: number): void {
     this.open = question;
     this.#listener?.({ question, vms: ["vm-a"], reason: "no successful renewal for 4000 ms", answerWithinMs: 6_000 });
@@ -67,7 +73,10 @@ class Lab {
   /** Per host, a stand-in for its lockd's question channel (only when setup was asked for them). */
   readonly questions = new Map<string, FakeLockdQuestions>();
 
-  async setup(hosts: number, controllers = 1, options: { questions?: boolean } = {}): Promise<void> {
+  /** Per host, its hypervisor and VM leases (only when setup was asked to manage VMs). */
+  readonly vmHosts = new Map<string, { hypervisor: MemoryHypervisor; leases: MemoryVmLeases }>();
+
+  async setup(hosts: number, controllers = 1, options: { questions?: boolean; vms?: boolean } = {}): Promise<void> {
     await this.admin.management.put(keys.settings, JSON.stringify({ ...settingsToJson(defaultSettings), heartbeat_interval_ms: 1_000, heartbeat_ttl_ms: ttlMs }));
     await this.admin.management.put(keys.strategy, JSON.stringify({ ...strategyToJson(defaultStrategy), grace_ms: graceMs }));
     for (let i = 1; i <= hosts; i++) {
@@ -78,7 +87,7 @@ class Lab {
       const agent = await this.clock.run(
         Agent.start(
           { host, addresses: { management: `10.0.0.${i}`, storage: `10.1.0.${i}`, service: `10.2.0.${i}` }, agentVersion: "test" },
-          { clock: this.clock, now: this.now, kv: links, keys, hypervisor: new MemoryHypervisor(), ...(questions === undefined ? {} : { questions }) },
+          { clock: this.clock, now: this.now, kv: links, keys, ...this.#vmEnvironment(host, options.vms === true), ...(questions === undefined ? {} : { questions }) },
         ),
       );
       this.agents.set(host, { agent, links });
@@ -90,6 +99,14 @@ class Lab {
       this.controllers.push({ controller, links });
     }
     await this.clock.advance(5_000);
+  }
+
+  #vmEnvironment(host: string, manageVms: boolean): { hypervisor: MemoryHypervisor; leases?: MemoryVmLeases } {
+    const hypervisor = new MemoryHypervisor();
+    if (!manageVms) return { hypervisor };
+    const leases = new MemoryVmLeases(host);
+    this.vmHosts.set(host, { hypervisor, leases });
+    return { hypervisor, leases };
   }
 
   /** Cuts (or heals) one host's links to the planes that are "down" in `states`. */
@@ -397,5 +414,28 @@ describe("fencing events on in-memory etcd and virtual time", () => {
     const answered = (await listEvents(lab.admin.management, keys, { limit: 100 })).events.filter((e) => e.record.kind === "fencing-answered");
     expect(answered).toHaveLength(3);
     await lab.stop();
+  });
+});
+
+describe("self-fencing on in-memory etcd and virtual time", () => {
+  test("a host cut from every plane (still holding its leases) stops its HA VMs and releases their leases after the grace period; in maintenance it does not", async () => {
+    for (const maintenance of [false, true]) {
+      const lab = new Lab();
+      await lab.setup(3, 1, { questions: true, vms: true });
+      if (maintenance) await lab.admin.management.put(keys.maintenanceHost("host-1"), JSON.stringify({ on: true, reason: "test", by: "cli@test", at: lab.now().toISOString() }));
+      const { hypervisor, leases } = lab.vmHosts.get("host-1")!;
+      const vm = await hypervisor.define("<domain type='test'><name>web-1</name><uuid>6c1a2b3c-0000-4000-8000-00000000a001</uuid></domain>");
+      await hypervisor.start(vm.uuid);
+      await leases.acquire(vm.uuid, 0);
+      lab.questions.get("host-1")!.held = [{ vm: vm.uuid, slot: 0 }];
+      await lab.clock.advance(1_000);
+      lab.setLinks("host-1", { management: "down", service: "down", storage: "down" });
+      await lab.clock.advance(graceMs - 500);
+      expect((await hypervisor.lookup(vm.uuid))?.state).toBe("running");
+      await lab.clock.advance(3_000);
+      expect((await hypervisor.lookup(vm.uuid))?.state).toBe(maintenance ? "running" : "shutoff");
+      expect(leases.calls.includes(`release ${vm.uuid} 0`)).toBe(!maintenance);
+      await lab.stop();
+    }
   });
 });

@@ -1,0 +1,120 @@
+/**
+ * The agent fencing its own host (src/core/self-fencing.ts): when the planes it reaches itself
+ * form a row of the strategy that calls for HA, for the grace period, it stops every VM whose lease
+ * this host's lockd holds and releases those leases — so that the VMs start elsewhere at once, even
+ * while this host is cut off from etcd but still renews its lease on shared storage.
+ *
+ * It works from what it last knew: cut off from the management cluster, it cannot read the
+ * strategy or maintenance any more, and keeps the last values it read (the default strategy
+ * before any). What it fences comes from lockd, which needs no network.
+ */
+import type { Plane } from "../config/fitha-config.ts";
+import type { Clock } from "../core/clock.ts";
+import { selfFenceVerdict, type OwnPlane } from "../core/self-fencing.ts";
+import { decodeStrategy, defaultStrategy, type Strategy } from "../core/strategy.ts";
+import { errorMessage } from "../errors.ts";
+import { logger } from "../log.ts";
+import type { Codec } from "../store/codec.ts";
+import type { Keys } from "../store/keys.ts";
+import type { Kv } from "../store/kv.ts";
+import { maintenanceRecord } from "../store/records.ts";
+import { decodeEntry } from "../store/typed.ts";
+import { PrefixWatcher } from "../store/watcher.ts";
+import type { VmActions } from "./vm-actions.ts";
+
+const log = logger("agent");
+
+/** How often the verdict is looked at (it changes with reachability, or when a grace period ends). */
+export const selfFencePollMs = 500;
+
+export interface HeldLeases {
+  /** The VM leases this host's lockd holds (resource = VM UUID). */
+  heldLeases(): Promise<ReadonlyArray<{ readonly vm: string; readonly slot: number }>>;
+}
+
+export interface SelfFenceOptions {
+  readonly host: string;
+  readonly management: Kv;
+  readonly keys: Keys;
+  readonly clock: Clock;
+  readonly own: () => Readonly<Record<Plane, OwnPlane>>;
+  readonly lockd: HeldLeases;
+  readonly actions: VmActions;
+  /** Called after a self-fencing, with what was stopped (an event, best effort). */
+  readonly onFenced: (reason: string, vms: readonly string[]) => void;
+}
+
+export class SelfFence {
+  #strategy: Strategy = defaultStrategy;
+  #globalMaintenance = false;
+  #hostMaintenance = false;
+  /** Fenced in the current episode (until the verdict clears). */
+  #fenced = false;
+  #stopping = false;
+  readonly #watchers: PrefixWatcher[];
+  readonly done: Promise<void>;
+
+  constructor(readonly options: SelfFenceOptions) {
+    const { keys } = options;
+    this.#watchers = [
+      this.#follow(keys.strategy, decodeStrategy, (value) => (this.#strategy = value ?? defaultStrategy)),
+      this.#follow(keys.maintenanceGlobal, maintenanceRecord, (value) => (this.#globalMaintenance = value?.on === true)),
+      this.#follow(keys.maintenanceHost(options.host), maintenanceRecord, (value) => (this.#hostMaintenance = value?.on === true)),
+    ];
+    this.done = this.#run();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    await this.done;
+    await Promise.all(this.#watchers.map((w) => w.stop()));
+  }
+
+  async #run(): Promise<void> {
+    const { clock, own, lockd, actions } = this.options;
+    while (!this.#stopping) {
+      await clock.sleep(selfFencePollMs);
+      if (this.#stopping) return;
+      const verdict = selfFenceVerdict(own(), this.#strategy, this.#globalMaintenance || this.#hostMaintenance, clock.nowMs());
+      if (!verdict.fence) {
+        this.#fenced = false;
+        continue;
+      }
+      if (this.#fenced) continue;
+      let leases: ReadonlyArray<{ vm: string; slot: number }>;
+      try {
+        leases = await lockd.heldLeases();
+      } catch (error) {
+        log.error("self-fencing: cannot ask lockd which leases this host holds; retrying", { error: errorMessage(error) });
+        continue;
+      }
+      log.warn("self-fencing: stopping this host's HA VMs and releasing their leases", { reason: verdict.reason, vms: leases.map((l) => l.vm) });
+      for (const lease of leases) {
+        await actions.stop(lease.vm, lease.slot).catch((error: unknown) => log.error("self-fencing: could not stop a VM", { vm: lease.vm, error: errorMessage(error) }));
+      }
+      this.#fenced = true;
+      this.options.onFenced(verdict.reason, leases.map((l) => l.vm));
+    }
+  }
+
+  #follow<T>(key: string, codec: Codec<T>, apply: (value: T | undefined) => void): PrefixWatcher {
+    const decode = (entry: { key: string; value: string; modRevision: bigint } | undefined) => {
+      if (entry === undefined) return apply(undefined);
+      const decoded = decodeEntry(entry, codec);
+      if ("record" in decoded) apply(decoded.record);
+      else log.error("bad value ignored; keeping what was in force", { key, reason: decoded.bad.message });
+    };
+    return new PrefixWatcher(
+      this.options.management,
+      key,
+      {
+        onSnapshot: (entries) => decode(entries.find((e) => e.key === key)),
+        onRevision: (_revision, changes) => {
+          for (const change of changes) if (change.key === key) decode(change.type === "put" ? change : undefined);
+        },
+        onFailed: (error) => log.error("stopped following a key; keeping its last value", { key, error: errorMessage(error) }),
+      },
+      this.options.clock,
+    );
+  }
+}
