@@ -24,6 +24,7 @@ import { etcdSettings } from "../helpers/etcd-settings.ts";
 import { eventually } from "../helpers/eventually.ts";
 import { daemonCommand, runFitha } from "../helpers/fitha.ts";
 import { domainXml, startLibvirtd, type LocalLibvirtd } from "../helpers/libvirtd.ts";
+import { startLinkProxy, type LinkProxy } from "../helpers/link-proxy.ts";
 import { terminate } from "../helpers/terminate.ts";
 import { tempDir, type TempDir } from "../helpers/tmp.ts";
 
@@ -36,6 +37,8 @@ let admin: Kv;
 
 interface Host {
   name: string;
+  /** The agent's only way to etcd (all planes share the one etcd here): cut it to partition the host. */
+  link: LinkProxy;
   libvirtd: LocalLibvirtd;
   hypervisor: LibvirtHypervisor;
   config: string;
@@ -57,7 +60,8 @@ beforeAll(async () => {
   admin = EtcdKv.connect(etcdSettings({ endpoint: etcd.endpoint }), "management");
   const format = await runFitha(["lease", "format", "--path", join(dir.path, "leases"), "--hosts", "8", "--slots", "16", "--max-io-timeout-ms", "1000", "--kill-budget-ms", "2000"]);
   expect(format.exitCode).toBe(0);
-  await admin.put(keys.settings, JSON.stringify({ ...settingsToJson(defaultSettings), heartbeat_interval_ms: 500, heartbeat_ttl_ms: 2_000 }));
+  // Three hosts, two of them failing in turn: self-defense (50 % down) would suspend HA; these tests are about recovery.
+  await admin.put(keys.settings, JSON.stringify({ ...settingsToJson(defaultSettings), heartbeat_interval_ms: 500, heartbeat_ttl_ms: 2_000, self_defense_down_percent: 90, self_recovery_healthy_percent: 95 }));
   await admin.put(keys.strategy, JSON.stringify({ ...strategyToJson(defaultStrategy), grace_ms: 2_000 }));
   const controllerDir = join(dir.path, "controller");
   await Bun.$`mkdir -p ${controllerDir}`.quiet();
@@ -68,14 +72,15 @@ beforeAll(async () => {
     await Bun.$`mkdir -p ${hostDir}`.quiet();
     const libvirtd = await startLibvirtd();
     const socket = join(hostDir, "run", "lockd.sock");
-    const config = await writeConfig(hostDir, { prefix, management: etcd.endpoint, extra: `[host]\nname = "${name}"\nhypervisor = "${libvirtd.uri}"\nlockd_socket = "${socket}"\n` });
+    const link = await startLinkProxy(etcd.endpoint);
+    const config = await writeConfig(hostDir, { prefix, management: link.endpoint, dialTimeoutMs: 500, requestTimeoutMs: 1_000, extra: `[host]\nname = "${name}"\nhypervisor = "${libvirtd.uri}"\nlockd_socket = "${socket}"\n` });
     const agent = spawn(["agent", "--config", config]);
     await eventually(`${name} registered`, async () => (await admin.get(keys.host(name))) !== undefined, 20_000, 100);
     const record = await readRecord(admin, keys.host(name), hostRecord);
     const hostId = record !== undefined && "record" in record ? record.record.hostId : 0;
     const lockd = spawn(["lockd", "--lease-file", join(dir.path, "leases"), "--host-id", String(hostId), "--host", name, "--socket", socket, "--state-dir", join(hostDir, "lockd"), "--hypervisor", libvirtd.uri, "--io-timeout", "0.5", "--id-allocation", "unique"]);
     await eventually(`${name}'s lockd answers`, async () => (await runFitha(["lease", "status", "--socket", socket])).exitCode === 0, 20_000, 100);
-    hosts.push({ name, libvirtd, hypervisor: await LibvirtHypervisor.open(libvirtd.uri), config, socket, agent, lockd });
+    hosts.push({ name, link, libvirtd, hypervisor: await LibvirtHypervisor.open(libvirtd.uri), config, socket, agent, lockd });
   }
 }, 120_000);
 
@@ -84,6 +89,7 @@ afterAll(async () => {
   for (const host of hosts) {
     await host.hypervisor.close().catch(() => undefined);
     await host.libvirtd.stop();
+    await host.link.close();
   }
   admin?.close();
   await etcd?.stop();
@@ -140,5 +146,28 @@ describe("recovery end to end", () => {
     expect(await admin.get(keys.task(plain))).toBeUndefined();
     const tasks = await runFitha(["tasks", "--json", "--config", host2.config]);
     expect((JSON.parse(tasks.stdout) as { tasks: unknown[] }).tasks).toHaveLength(3);
+  }, 120_000);
+
+  test("host-2 cut from every plane while its lockd still renews (seed cases 3, 4): it fences itself, its HA VMs move to host-3, never running on both", async () => {
+    const [, host2, host3] = hosts as [Host, Host, Host];
+    const vms = (await runFitha(["vm", "list", "--json", "--config", host3.config])).stdout;
+    const ha = (JSON.parse(vms) as { vms: Array<{ uuid: string; ha: boolean; host: string }> }).vms.filter((v) => v.ha && v.host === "host-2").map((v) => v.uuid);
+    expect(ha.length).toBeGreaterThan(0);
+    expect((await runningOn(host2, ha)).sort()).toEqual([...ha].sort());
+    host2.link.cut("reset");
+    let overlap = false;
+    await eventually(
+      "host-2's HA VMs running on host-3",
+      async () => {
+        const [on2, on3] = [await runningOn(host2, ha), await runningOn(host3, ha)];
+        if (on2.some((vm) => on3.includes(vm))) overlap = true;
+        return on3.length === ha.length;
+      },
+      60_000,
+      100,
+    );
+    expect(overlap).toBe(false);
+    expect(await runningOn(host2, ha)).toEqual([]);
+    host2.link.restore();
   }, 120_000);
 });
