@@ -114,11 +114,12 @@ export function planRecovery(inputs: PlanInputs): Plan {
   for (const task of due) {
     if (room <= 0) break;
     const vm = inputs.vms.get(task.vm)!;
-    // Hosts where it failed are tried last: elsewhere first; if nothing else fits, anywhere but
-    // where it failed last (then anywhere, for a single host).
-    let placement = placeVm(vm, [...hosts.values()], limits.perHost, new Set(task.tried));
-    if ("none" in placement && task.tried.length > 0) placement = placeVm(vm, [...hosts.values()], limits.perHost, new Set(task.tried.slice(-1)));
-    if ("none" in placement && task.tried.length > 0) placement = placeVm(vm, [...hosts.values()], limits.perHost);
+    // Never back onto the host it is recovered from. Hosts where it failed are tried last:
+    // elsewhere first; if nothing else fits, anywhere but where it failed last (then anywhere).
+    const candidates = [...hosts.values()].filter((host) => host.name !== task.source);
+    let placement = placeVm(vm, candidates, limits.perHost, new Set(task.tried));
+    if ("none" in placement && task.tried.length > 0) placement = placeVm(vm, candidates, limits.perHost, new Set(task.tried.slice(-1)));
+    if ("none" in placement && task.tried.length > 0) placement = placeVm(vm, candidates, limits.perHost);
     if ("none" in placement) {
       unplaced.push({ task, reason: placement.none });
       continue;

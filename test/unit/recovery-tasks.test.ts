@@ -80,6 +80,14 @@ describe("recovery tasks", () => {
     expect(started(starting(waiting, "a", t0 + 140_000), t0 + 141_000)).toMatchObject({ state: "done", reason: "running on a" });
   });
 
+  test("never placed back onto the host it is recovered from, even when that one looks fine", () => {
+    const vms = new Map([vm("v")].map((v) => [v.uuid, v]));
+    const plan = planRecovery({ tasks: [newTask("v", "a", t0, "storage lost")], vms, candidates: [host("a"), host("b", { usedMemoryKiB: 30 * GiB })], limits: { global: 5, perHost: 5 }, nowMs: t0 });
+    expect(plan.start.map((s) => s.target)).toEqual(["b"]);
+    const alone = planRecovery({ tasks: [newTask("v", "a", t0, "storage lost")], vms, candidates: [host("a")], limits: { global: 5, perHost: 5 }, nowMs: t0 });
+    expect(alone).toMatchObject({ start: [], unplaced: [{ reason: "no hosts" }] });
+  });
+
   test("transitions from the wrong state are bugs", () => {
     expect(() => started(newTask("v", "dead", t0, "r"), t0)).toThrow("task of VM v is queued, not starting");
   });
