@@ -19,7 +19,7 @@ import { Election } from "../store/election.ts";
 import { appendEvent, badValueEvent } from "../store/events.ts";
 import { hostOfKey, type Keys } from "../store/keys.ts";
 import { KvError, type Kv, type KvChange, type KvEntry } from "../store/kv.ts";
-import { maintenanceRecord, type EventRecord, type HostStateRecord, type ModeRecord, type RecoveryRequest } from "../store/records.ts";
+import { maintenanceRecord, recoveryRequest, type EventRecord, type HostStateRecord, type ModeRecord, type RecoveryRequest } from "../store/records.ts";
 import { decodeEntry } from "../store/typed.ts";
 import { PrefixWatcher } from "../store/watcher.ts";
 import { FencingResponder } from "./fencing-responder.ts";
@@ -324,8 +324,11 @@ class Term {
   #onRequest(key: string, value: KvEntry | undefined): void {
     const host = hostOfKey(this.controller.env.keys.recoveryRequestsPrefix, key);
     if (host === undefined) return;
-    if (value === undefined) this.openRequests.delete(host);
-    else this.openRequests.add(host);
+    // The core sees (and closes once the host is healthy) the requests its plane decisions made;
+    // one made for lost storage is the recovery executor's to close.
+    const request = value === undefined ? undefined : decodeEntry(value, recoveryRequest);
+    if (request !== undefined && "record" in request && request.record.cause === "planes") this.openRequests.add(host);
+    else this.openRequests.delete(host);
   }
 
   /**
@@ -395,7 +398,11 @@ class Term {
     // Recovered VMs go only where HA could act: nowhere in maintenance or self-defense.
     this.#eligible =
       result.mode === "normal"
-        ? new Set([...result.decisions].filter(([host, decision]) => decision.kind === "no-ha" && decision.why === "healthy" && !this.hostsInMaintenance.has(host)).map(([host]) => host))
+        ? new Set(
+            [...result.decisions]
+              .filter(([host, decision]) => decision.kind === "no-ha" && decision.why === "healthy" && !this.hostsInMaintenance.has(host) && !this.fencing.openHosts().has(host))
+              .map(([host]) => host),
+          )
         : new Set();
     this.#wakeIn("fencing", await this.fencing.step());
     this.#wakeIn("recovery", (await this.recovery.step()).nextDueInMs);
@@ -412,7 +419,7 @@ class Term {
           await this.event(effect.kind, effect.host, effect.reason);
           return;
         case "request-recovery": {
-          const request: RecoveryRequest = { host: effect.host, requestedAt: env.now().toISOString(), reason: effect.reason, planes: effect.planes };
+          const request: RecoveryRequest = { host: effect.host, requestedAt: env.now().toISOString(), reason: effect.reason, planes: effect.planes, cause: "planes" };
           await env.kv.management.createIfAbsent(env.keys.recoveryRequest(effect.host), JSON.stringify(request));
           log.warn("recovery requested", { host: effect.host, reason: effect.reason });
           return;

@@ -17,7 +17,7 @@ import { logger } from "../log.ts";
 import { appendEvent } from "../store/events.ts";
 import type { Keys } from "../store/keys.ts";
 import type { Kv } from "../store/kv.ts";
-import { fencingEventRecord, type FencingAnswerRecord } from "../store/records.ts";
+import { fencingEventRecord, type FencingAnswerRecord, type RecoveryRequest } from "../store/records.ts";
 import { decodeEntry } from "../store/typed.ts";
 import { PrefixWatcher } from "../store/watcher.ts";
 
@@ -55,6 +55,11 @@ export class FencingResponder {
     await Promise.all(this.#watchers.map((w) => w.stop()));
   }
 
+  /** Hosts with an open fencing event: storage trouble now, so no place to start VMs. */
+  openHosts(): Set<string> {
+    return new Set([...this.#seen.values()].map((s) => s.event.host));
+  }
+
   /** Answers what is due; returns in how many ms the next unanswered event falls due, if any. */
   async step(): Promise<number | undefined> {
     const nowMs = this.env.clock.nowMs();
@@ -79,6 +84,12 @@ export class FencingResponder {
       if (!written.some(Boolean)) continue; // retried at the next step
       this.#answered.add(key);
       log.warn("fencing event answered", { host: event.host, question: event.question, answer: decision.answer, reason: decision.reason });
+      // Fenced for lost storage, the host's VMs stop while its planes stay up: nothing else would
+      // recover them. One request per episode (create-only); the recovery executor closes it.
+      if (decision.answer === "fence") {
+        const request: RecoveryRequest = { host: event.host, requestedAt: record.at, reason: `lease storage lost (fencing question ${event.question} answered fence)`, planes: { management: "up", storage: "up", service: "up" }, cause: "storage" };
+        await this.env.kv.management.createIfAbsent(this.env.keys.recoveryRequest(event.host), JSON.stringify(request)).catch((error: unknown) => log.error("could not request the recovery of a fenced host", { host: event.host, error: errorMessage(error) }));
+      }
       await appendEvent(this.env.kv.management, this.env.keys, { time: record.at, kind: "fencing-answered", host: event.host, reason: `question ${event.question}: ${decision.answer}: ${decision.reason}`, by: record.by }).catch(
         (error: unknown) => log.warn("could not record an event", { error: errorMessage(error) }),
       );

@@ -80,8 +80,8 @@ export class RecoveryExecutor {
 
   /**
    * One round: new tasks, results, timeouts, planning. Every write checks leadership first. (A
-   * request stays until its host is healthy again — the controller core closes it — so one
-   * failure episode makes one set of tasks.)
+   * request for failed planes stays until its host is healthy again — the controller core closes
+   * it; one for lost storage until its tasks are closed — so one episode makes one set of tasks.)
    */
   async step(): Promise<{ nextDueInMs: number | undefined }> {
     const nowMs = this.env.now().getTime();
@@ -89,7 +89,24 @@ export class RecoveryExecutor {
     await this.#applyResults(nowMs);
     await this.#expireStarts(nowMs);
     await this.#plan(nowMs);
+    await this.#closeStorageRequests();
     return { nextDueInMs: this.#nextDueMs(nowMs) };
+  }
+
+  /**
+   * A request made for lost storage (the host's planes are up: the controller core never closes
+   * it) is over when every HA VM of the host has a closed task of this episode.
+   */
+  async #closeStorageRequests(): Promise<void> {
+    for (const [host, request] of [...this.requests]) {
+      if (request.record.cause !== "storage") continue;
+      const requestedMs = Date.parse(request.record.requestedAt);
+      const open = this.#haVmsOf(host).filter((vm) => {
+        const task = this.tasks.get(vm.uuid)?.record;
+        return task === undefined || task.createdMs < requestedMs || isOpen(task);
+      });
+      if (open.length === 0) await this.#delete(this.env.keys.recoveryRequest(host));
+    }
   }
 
   /** When a task needs a look with nothing else happening: a backoff or a lease wait ending, a start timing out. */

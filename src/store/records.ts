@@ -180,13 +180,19 @@ export interface RecoveryRequest {
   readonly host: string;
   readonly requestedAt: string;
   readonly reason: string;
-  /** The plane matrix row that triggered it. */
+  /** The plane matrix row when it was made. */
   readonly planes: Readonly<Record<Plane, PlaneState>>;
+  /**
+   * "planes": the host's planes failed (closed when the host is healthy again); "storage": its
+   * lockd lost the lease storage and was answered `fence` (closed when its VMs' tasks are).
+   * Absent in requests written before it existed: "planes".
+   */
+  readonly cause: "planes" | "storage";
 }
 
 export const recoveryRequest: Codec<RecoveryRequest> = (raw, source) => {
   const f = new Fields(source);
-  const r = f.object(raw, "", ["host", "requestedAt", "reason", "planes"]);
+  const r = f.object(raw, "", ["host", "requestedAt", "reason", "planes", "cause"]);
   const p = f.object(r["planes"], "planes", planes);
   const state = (plane: Plane) => f.choice(p[plane], `planes.${plane}`, ["up", "down"] as const);
   return f.done({
@@ -194,6 +200,7 @@ export const recoveryRequest: Codec<RecoveryRequest> = (raw, source) => {
     requestedAt: f.time(r["requestedAt"], "requestedAt"),
     reason: f.text(r["reason"], "reason"),
     planes: { management: state("management"), storage: state("storage"), service: state("service") },
+    cause: r["cause"] === undefined ? "planes" : f.choice(r["cause"], "cause", ["planes", "storage"] as const),
   });
 };
 

@@ -100,7 +100,7 @@ describe("fitha status", () => {
         leader: "ctl-1",
       };
       await kv.put(k.hostState("compute-1"), JSON.stringify(view));
-      const request: RecoveryRequest = { host: "compute-1", requestedAt: ago(1_000), reason: "storage down for 90 s", planes: { management: "up", storage: "down", service: "up" } };
+      const request: RecoveryRequest = { host: "compute-1", requestedAt: ago(1_000), reason: "storage down for 90 s", planes: { management: "up", storage: "down", service: "up" }, cause: "planes" };
       await kv.put(k.recoveryRequest("compute-1"), JSON.stringify(request));
       await kv.put(k.recoveryRequest("compute-9"), "{}");
       await kv.put(k.maintenanceHost("compute-2"), JSON.stringify({ on: true, reason: "disk swap", by: "ops@admin-1", at: ago(120_000) }));

@@ -405,6 +405,26 @@ describe("fencing events on in-memory etcd and virtual time", () => {
     await lab.stop();
   });
 
+  test("a host fenced for lost storage (its planes still up) has its HA VMs recovered elsewhere; the request closes when they run", async () => {
+    const lab = new Lab();
+    await lab.setup(3, 1, { questions: true });
+    const [uuid] = await registerVms(lab, "host-1", [0]);
+    lab.questions.get("host-1")!.ask(3);
+    await lab.clock.advance(4_000);
+    expect(lab.questions.get("host-1")!.answers).toEqual([{ question: 3, answer: "fence" }]);
+    const request = JSON.parse((await lab.admin.management.get(keys.recoveryRequest("host-1")))!.value) as { cause: string };
+    expect(request.cause).toBe("storage");
+    await lab.clock.advance(1_000);
+    const task = (await tasks(lab)).get(uuid!)!;
+    expect(task).toMatchObject({ state: "starting", source: "host-1" });
+    expect(task.target).not.toBe("host-1");
+    await answerOrders(lab, () => ({ outcome: "done", reason: "started", holder: null, freeInMs: null }), []);
+    await lab.clock.advance(1_000);
+    expect((await tasks(lab)).get(uuid!)).toMatchObject({ state: "done" });
+    expect(await lab.admin.management.get(keys.recoveryRequest("host-1"))).toBeUndefined();
+    await lab.stop();
+  });
+
   test("every host loses the storage: no-fence for all, at once; the same question on three planes is answered once", async () => {
     const lab = new Lab();
     await lab.setup(3, 1, { questions: true });
@@ -413,6 +433,8 @@ describe("fencing events on in-memory etcd and virtual time", () => {
     for (const [i, host] of ["host-1", "host-2", "host-3"].entries()) expect(lab.questions.get(host)!.answers).toEqual([{ question: i + 1, answer: "no-fence" }]);
     const answered = (await listEvents(lab.admin.management, keys, { limit: 100 })).events.filter((e) => e.record.kind === "fencing-answered");
     expect(answered).toHaveLength(3);
+    // The VMs stay where they are: nothing to recover.
+    expect(await lab.requests()).toEqual([]);
     await lab.stop();
   });
 });
