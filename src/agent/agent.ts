@@ -106,15 +106,18 @@ export class Agent {
         }),
       );
     }
-    if (env.leases !== undefined) {
-      const vms = { host: options.host, kv: management, keys: env.keys, clock: env.clock, now: env.now, actions: new VmActions(env.hypervisor, env.leases) };
+    // One VmActions for every VM action of this agent: actions on one VM never interleave, and
+    // a stop by self-fencing is a stop by fitha for the watch (no restart in place).
+    const actions = env.leases === undefined ? undefined : new VmActions(env.hypervisor, env.leases);
+    if (actions !== undefined) {
+      const vms = { host: options.host, kv: management, keys: env.keys, clock: env.clock, now: env.now, actions };
       agent.#vmWatch = new VmWatch(vms);
       agent.#orders = new OrderRunner(vms);
     }
     if (env.questions !== undefined) {
       agent.#fencing = new FencingBridge({ host: options.host, kv: env.kv, keys: env.keys, clock: env.clock, now: env.now, lockd: env.questions });
     }
-    if (env.questions !== undefined && env.leases !== undefined) {
+    if (env.questions !== undefined && actions !== undefined) {
       agent.#selfFence = new SelfFence({
         host: options.host,
         management,
@@ -122,7 +125,7 @@ export class Agent {
         clock: env.clock,
         own: () => agent.#ownPlanes(),
         lockd: env.questions,
-        actions: new VmActions(env.hypervisor, env.leases),
+        actions,
         onFenced: (reason, vms) => void agent.#event("self-fenced", `${reason}; stopped ${vms.length} VM(s)${vms.length > 0 ? `: ${vms.join(", ")}` : ""}`),
       });
     }

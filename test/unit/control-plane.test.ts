@@ -440,6 +440,26 @@ describe("fencing events on in-memory etcd and virtual time", () => {
 });
 
 describe("self-fencing on in-memory etcd and virtual time", () => {
+  test("a self-fenced VM is not restarted in place by the VM watch (row 4: management still reachable, the registry readable)", async () => {
+    const lab = new Lab();
+    await lab.setup(3, 1, { questions: true, vms: true });
+    const { hypervisor, leases } = lab.vmHosts.get("host-1")!;
+    const [uuid] = await registerVms(lab, "host-1", [0]);
+    const record = JSON.parse((await lab.admin.management.get(keys.vm(uuid!)))!.value) as { xml: string };
+    await hypervisor.define(record.xml);
+    await hypervisor.start(uuid!);
+    await leases.acquire(uuid!, 0);
+    lab.questions.get("host-1")!.held = [{ vm: uuid!, slot: 0 }];
+    await lab.clock.advance(3_000);
+    lab.setLinks("host-1", { management: "up", service: "down", storage: "down" });
+    await lab.clock.advance(graceMs + 3_000);
+    expect((await hypervisor.lookup(uuid!))?.state).toBe("shutoff");
+    await lab.clock.advance(10_000);
+    expect((await hypervisor.lookup(uuid!))?.state).toBe("shutoff");
+    expect(leases.calls.filter((c) => c.startsWith("acquire"))).toHaveLength(1);
+    await lab.stop();
+  });
+
   test("a host cut from every plane (still holding its leases) stops its HA VMs and releases their leases after the grace period; in maintenance it does not", async () => {
     for (const maintenance of [false, true]) {
       const lab = new Lab();
