@@ -18,8 +18,9 @@ import { allocateHostId, maxHostIds } from "../store/host-ids.ts";
 import type { Keys } from "../store/keys.ts";
 import { KvError, type Kv } from "../store/kv.ts";
 import { hostRecord, type EventRecord, type HostRecord, type Reachability } from "../store/records.ts";
-import { decodeEntry, readRecord } from "../store/typed.ts";
-import { PrefixWatcher } from "../store/watcher.ts";
+import { readRecord } from "../store/typed.ts";
+import { followKey } from "../store/follow-key.ts";
+import type { PrefixWatcher } from "../store/watcher.ts";
 import type { Hypervisor } from "../virt/hypervisor.ts";
 import { OrderRunner } from "./order-runner.ts";
 import { FencingBridge, type LockdQuestions } from "./fencing-bridge.ts";
@@ -173,36 +174,14 @@ export class Agent {
 
   #watchSettings(): PrefixWatcher {
     const { kv, keys, clock } = this.env;
-    const apply = (value: { key: string; value: string; modRevision: bigint } | undefined) => {
-      if (value === undefined || value.key !== keys.settings) return;
-      const decoded = decodeEntry(value, decodeSettings);
-      if ("bad" in decoded) {
-        log.error("ignoring bad runtime settings; keeping the ones in force", { reason: decoded.bad.message });
-        return;
-      }
+    return followKey(kv.management, keys.settings, decodeSettings, clock, (settings) => {
       const before = this.#settings;
-      this.#settings = decoded.record;
-      if (before.heartbeatIntervalMs !== decoded.record.heartbeatIntervalMs || before.heartbeatTtlMs !== decoded.record.heartbeatTtlMs) {
-        log.info("heartbeat settings changed", { interval_ms: decoded.record.heartbeatIntervalMs, ttl_ms: decoded.record.heartbeatTtlMs });
+      this.#settings = settings ?? defaultSettings;
+      if (before.heartbeatIntervalMs !== this.#settings.heartbeatIntervalMs || before.heartbeatTtlMs !== this.#settings.heartbeatTtlMs) {
+        log.info("heartbeat settings changed", { interval_ms: this.#settings.heartbeatIntervalMs, ttl_ms: this.#settings.heartbeatTtlMs });
         for (const heartbeat of this.#heartbeats) heartbeat.nudge();
       }
-    };
-    return new PrefixWatcher(
-      kv.management,
-      keys.settings,
-      {
-        onSnapshot: (entries) => apply(entries.find((e) => e.key === keys.settings)),
-        onRevision: (_revision, changes) => {
-          for (const change of changes) {
-            if (change.key !== keys.settings) continue;
-            if (change.type === "delete") this.#settings = defaultSettings;
-            else apply(change);
-          }
-        },
-        onFailed: (error) => log.error("stopped following the runtime settings", { error: errorMessage(error) }),
-      },
-      clock,
-    );
+    });
   }
 
   /** Each plane as this agent reaches it, and since when; a plane never tried yet counts as reachable since start. */

@@ -14,16 +14,14 @@
  * At most maxConcurrentOrders run at once, and one per VM: an order for a VM that has one
  * running waits for it (the newest one only: an order key holds one order).
  */
-import type { Clock } from "../core/clock.ts";
 import { errorMessage } from "../errors.ts";
 import { logger } from "../log.ts";
 import { appendEvent, badValueEvent } from "../store/events.ts";
-import type { Keys } from "../store/keys.ts";
-import { KvError, type Kv, type KvEntry } from "../store/kv.ts";
+import { KvError, type KvEntry } from "../store/kv.ts";
 import { orderResult, vmOrder, vmRecord, type OrderResult, type VmOrder } from "../store/records.ts";
 import { decodeEntry, readRecord } from "../store/typed.ts";
 import { PrefixWatcher } from "../store/watcher.ts";
-import type { VmActions } from "./vm-actions.ts";
+import type { AgentVmContext } from "./vm-actions.ts";
 
 const log = logger("agent");
 
@@ -35,16 +33,7 @@ const finishRetryDelayMs = 1_000;
 /** OrderResult.reason's bound (records.ts). */
 const maxReasonLength = 4096;
 
-export interface OrderRunnerOptions {
-  readonly host: string;
-  /** The management cluster. */
-  readonly kv: Kv;
-  readonly keys: Keys;
-  readonly clock: Clock;
-  /** Wall clock, for the results' times. */
-  readonly now: () => Date;
-  readonly actions: VmActions;
-}
+export type OrderRunnerOptions = AgentVmContext;
 
 interface Order {
   readonly order: VmOrder;

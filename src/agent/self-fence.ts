@@ -14,12 +14,11 @@ import { selfFenceVerdict, type OwnPlane } from "../core/self-fencing.ts";
 import { decodeStrategy, defaultStrategy, type Strategy } from "../core/strategy.ts";
 import { errorMessage } from "../errors.ts";
 import { logger } from "../log.ts";
-import type { Codec } from "../store/codec.ts";
 import type { Keys } from "../store/keys.ts";
 import type { Kv } from "../store/kv.ts";
 import { maintenanceRecord } from "../store/records.ts";
-import { decodeEntry } from "../store/typed.ts";
-import { PrefixWatcher } from "../store/watcher.ts";
+import { followKey } from "../store/follow-key.ts";
+import type { PrefixWatcher } from "../store/watcher.ts";
 import type { VmActions } from "./vm-actions.ts";
 
 const log = logger("agent");
@@ -55,11 +54,11 @@ export class SelfFence {
   readonly done: Promise<void>;
 
   constructor(readonly options: SelfFenceOptions) {
-    const { keys } = options;
+    const { keys, management: kv, clock } = options;
     this.#watchers = [
-      this.#follow(keys.strategy, decodeStrategy, (value) => (this.#strategy = value ?? defaultStrategy)),
-      this.#follow(keys.maintenanceGlobal, maintenanceRecord, (value) => (this.#globalMaintenance = value?.on === true)),
-      this.#follow(keys.maintenanceHost(options.host), maintenanceRecord, (value) => (this.#hostMaintenance = value?.on === true)),
+      followKey(kv, keys.strategy, decodeStrategy, clock, (value) => (this.#strategy = value ?? defaultStrategy)),
+      followKey(kv, keys.maintenanceGlobal, maintenanceRecord, clock, (value) => (this.#globalMaintenance = value?.on === true)),
+      followKey(kv, keys.maintenanceHost(options.host), maintenanceRecord, clock, (value) => (this.#hostMaintenance = value?.on === true)),
     ];
     this.done = this.#run();
   }
@@ -95,26 +94,5 @@ export class SelfFence {
       this.#fenced = true;
       this.options.onFenced(verdict.reason, leases.map((l) => l.vm));
     }
-  }
-
-  #follow<T>(key: string, codec: Codec<T>, apply: (value: T | undefined) => void): PrefixWatcher {
-    const decode = (entry: { key: string; value: string; modRevision: bigint } | undefined) => {
-      if (entry === undefined) return apply(undefined);
-      const decoded = decodeEntry(entry, codec);
-      if ("record" in decoded) apply(decoded.record);
-      else log.error("bad value ignored; keeping what was in force", { key, reason: decoded.bad.message });
-    };
-    return new PrefixWatcher(
-      this.options.management,
-      key,
-      {
-        onSnapshot: (entries) => decode(entries.find((e) => e.key === key)),
-        onRevision: (_revision, changes) => {
-          for (const change of changes) if (change.key === key) decode(change.type === "put" ? change : undefined);
-        },
-        onFailed: (error) => log.error("stopped following a key; keeping its last value", { key, error: errorMessage(error) }),
-      },
-      this.options.clock,
-    );
   }
 }

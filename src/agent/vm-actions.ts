@@ -8,7 +8,10 @@
  * a VM already running is not started again, destroying one that is not running is no error, and
  * releasing a lease this host does not hold releases nothing.
  */
+import type { Clock } from "../core/clock.ts";
 import { errorMessage, FithaError } from "../errors.ts";
+import type { Keys } from "../store/keys.ts";
+import type { Kv } from "../store/kv.ts";
 import { logger } from "../log.ts";
 import type { VmRecord } from "../store/records.ts";
 import { describeVm } from "../store/vm-registry.ts";
@@ -16,6 +19,18 @@ import { HypervisorError, type DomainInfo, type Hypervisor } from "../virt/hyper
 import type { VmLeases } from "./vm-leases.ts";
 
 const log = logger("agent");
+
+/** What the agent's VM loops (vm-watch.ts, order-runner.ts) work with. */
+export interface AgentVmContext {
+  readonly host: string;
+  /** The management cluster. */
+  readonly kv: Kv;
+  readonly keys: Keys;
+  readonly clock: Clock;
+  /** Wall clock, for the records' times. */
+  readonly now: () => Date;
+  readonly actions: VmActions;
+}
 
 export type StartOutcome =
   | { readonly kind: "started" | "already-active"; readonly detail: string }

@@ -11,17 +11,15 @@
  * VM is being recovered elsewhere. Only transitions seen by this process count: after an agent
  * restart, a VM found crashed is the controller's business, not this watch's.
  */
-import type { Clock } from "../core/clock.ts";
 import { errorMessage } from "../errors.ts";
 import { logger } from "../log.ts";
 import { appendEvent } from "../store/events.ts";
-import { vmUuidPattern, type Keys } from "../store/keys.ts";
-import type { Kv } from "../store/kv.ts";
+import { vmUuidPattern } from "../store/keys.ts";
 import { vmRecord, vmStateRecord, type EventRecord, type VmStateRecord } from "../store/records.ts";
 import { listRecords, readRecord } from "../store/typed.ts";
 import { describeVm } from "../store/vm-registry.ts";
 import type { DomainInfo, DomainState } from "../virt/hypervisor.ts";
-import type { VmActions } from "./vm-actions.ts";
+import type { AgentVmContext } from "./vm-actions.ts";
 
 const log = logger("agent");
 
@@ -33,16 +31,7 @@ export const vmPollIntervalMs = 2_000;
 /** Domains considered per round; more on one host is a misconfiguration, and the rest are skipped (logged). */
 export const maxDomains = 10_000;
 
-export interface VmWatchOptions {
-  readonly host: string;
-  /** The management cluster. */
-  readonly kv: Kv;
-  readonly keys: Keys;
-  readonly clock: Clock;
-  /** Wall clock, for the records' times. */
-  readonly now: () => Date;
-  readonly actions: VmActions;
-}
+export type VmWatchOptions = AgentVmContext;
 
 /** What the last report of a domain says; "bad": the stored value did not decode (rewrite or delete it). */
 type Reported = { readonly name: string; readonly state: DomainState } | "bad";

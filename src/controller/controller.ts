@@ -396,11 +396,12 @@ class Term {
       await this.#apply(effect);
     }
     // Recovered VMs go only where HA could act: nowhere in maintenance or self-defense.
+    const storageTrouble = this.fencing.openHosts();
     this.#eligible =
       result.mode === "normal"
         ? new Set(
             [...result.decisions]
-              .filter(([host, decision]) => decision.kind === "no-ha" && decision.why === "healthy" && !this.hostsInMaintenance.has(host) && !this.fencing.openHosts().has(host))
+              .filter(([host, decision]) => decision.kind === "no-ha" && decision.why === "healthy" && !this.hostsInMaintenance.has(host) && !storageTrouble.has(host))
               .map(([host]) => host),
           )
         : new Set();

@@ -18,7 +18,7 @@ import { closePlanes, connectPlanes, stopSignal } from "../daemon.ts";
 const log = logger("agent");
 
 export const agentCommand = defineCommand({
-  meta: { description: "Run the host agent: registers this host, heartbeats on the three network planes, reports and restarts its VMs, carries out start/stop orders" },
+  meta: { description: "Run the host agent: registers this host, heartbeats on the three network planes, reports and restarts its VMs, carries out start/stop orders, bridges fencing questions, fences its own host" },
   args: { ...configArg, ...logArgs },
   async run({ args }) {
     const { config } = await loadCommandConfig(args);

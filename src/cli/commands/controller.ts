@@ -12,7 +12,7 @@ import { closePlanes, connectPlanes, stopSignal } from "../daemon.ts";
 const log = logger("controller");
 
 export const controllerCommand = defineCommand({
-  meta: { description: "Run a controller: one of three leads (etcd election), detects host and plane faults, applies the strategy" },
+  meta: { description: "Run a controller: one of three leads (etcd election), detects host and plane faults, applies the strategy, recovers HA VMs, answers fencing questions" },
   args: { ...configArg, ...logArgs },
   async run({ args }) {
     const { config } = await loadCommandConfig(args);
