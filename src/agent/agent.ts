@@ -113,7 +113,7 @@ export class Agent {
     if (actions !== undefined) {
       const vms = { host: options.host, kv: management, keys: env.keys, clock: env.clock, now: env.now, actions };
       agent.#vmWatch = new VmWatch(vms);
-      agent.#orders = new OrderRunner(vms);
+      agent.#orders = new OrderRunner({ ...vms, perHostLimit: () => agent.#settings.recoveryConcurrencyPerHost });
     }
     if (env.questions !== undefined) {
       agent.#fencing = new FencingBridge({ host: options.host, kv: env.kv, keys: env.keys, clock: env.clock, now: env.now, lockd: env.questions });

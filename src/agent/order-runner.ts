@@ -11,8 +11,9 @@
  * again, starting a VM that runs (skipped), destroying one that does not (no error), releasing
  * a lease not held (no-op). The result is written again, the same or newer.
  *
- * At most maxConcurrentOrders run at once, and one per VM: an order for a VM that has one
- * running waits for it (the newest one only: an order key holds one order).
+ * At most as many run at once as the controller may send to one host (the runtime setting
+ * recovery_concurrency_per_host, at least minConcurrentOrders), and one per VM: an order for a VM
+ * that has one running waits for it (the newest one only: an order key holds one order).
  */
 import { errorMessage } from "../errors.ts";
 import { logger } from "../log.ts";
@@ -25,15 +26,22 @@ import type { AgentVmContext } from "./vm-actions.ts";
 
 const log = logger("agent");
 
-/** Orders carried out at once: a recovery onto this host starts several VMs, each mostly waiting on lockd and libvirt. */
-export const maxConcurrentOrders = 4;
+/**
+ * Orders carried out at once, at least: a recovery onto this host starts several VMs, each mostly
+ * waiting on lockd and libvirt. More when the per-host recovery limit is higher, so that the
+ * operator's limit is what bounds a recovery, not a constant here.
+ */
+export const minConcurrentOrders = 4;
 /** Writing a result and deleting its order: tries, and the wait between them (etcd briefly away). */
 const maxFinishAttempts = 5;
 const finishRetryDelayMs = 1_000;
 /** OrderResult.reason's bound (records.ts). */
 const maxReasonLength = 4096;
 
-export type OrderRunnerOptions = AgentVmContext;
+export interface OrderRunnerOptions extends AgentVmContext {
+  /** The runtime setting recovery_concurrency_per_host now (the agent follows the settings). */
+  readonly perHostLimit: () => number;
+}
 
 interface Order {
   readonly order: VmOrder;
@@ -97,7 +105,7 @@ export class OrderRunner {
 
   #schedule(): void {
     for (const [vm, order] of this.#pending) {
-      if (this.#stopping || this.#running.size >= maxConcurrentOrders) return;
+      if (this.#stopping || this.#running.size >= Math.max(minConcurrentOrders, this.options.perHostLimit())) return;
       if (this.#running.has(vm)) continue;
       this.#pending.delete(vm);
       this.#running.set(vm, order.modRevision);

@@ -3,6 +3,7 @@
  * <uuid> of their XML, the state rules of libvirt (with its messages where it has one), and
  * failures injected on demand: an operation that fails, a guest that crashes.
  */
+import { monotonicClock, type Clock } from "../core/clock.ts";
 import { domainIdentity } from "./domain-xml.ts";
 import {
   HypervisorError,
@@ -23,6 +24,8 @@ export interface MemoryHypervisorOptions {
   readonly node?: NodeInfo;
   /** UUIDs for XML without one; default crypto.randomUUID. The simulator passes a seeded one to replay runs exactly. */
   readonly newUuid?: () => string;
+  /** Times start()'s boot wait (startMs); default the machine's monotonic clock. The simulator passes its virtual one. */
+  readonly clock?: Clock;
 }
 
 export interface InjectedFailure {
@@ -62,9 +65,16 @@ export class MemoryHypervisor implements Hypervisor {
   readonly #domains = new Map<string, Domain>();
   #failures: PendingFailure[] = [];
   #closed = false;
+  readonly #clock: Clock;
+  /**
+   * How long a start takes before the domain runs (a guest's boot, as a real start would be
+   * waited for): 0 by default; benches and tests set it, at any time.
+   */
+  startMs = 0;
 
   constructor(options: MemoryHypervisorOptions = {}) {
     this.uri = options.uri ?? "memory:///";
+    this.#clock = options.clock ?? monotonicClock;
     this.#node = options.node ?? defaultNode;
     this.#newUuid = options.newUuid ?? (() => crypto.randomUUID());
   }
@@ -106,7 +116,17 @@ export class MemoryHypervisor implements Hypervisor {
   async start(nameOrUuid: string): Promise<void> {
     const domain = this.#domainFor("start", nameOrUuid);
     if (isActive(domain)) throw this.#error("start", nameOrUuid, "invalid-state", "Requested operation is not valid: domain is already running");
-    domain.state = "running";
+    if (this.startMs === 0) {
+      domain.state = "running";
+      return;
+    }
+    await this.#clock.sleep(this.startMs);
+    // Found again (injected failures were taken already): it may have been undefined, or started by another call, meanwhile.
+    this.#checkOpen("start", nameOrUuid);
+    const booted = this.#find(domain.uuid);
+    if (booted === undefined) throw this.#error("start", nameOrUuid, "no-domain", "Domain not found");
+    if (isActive(booted)) throw this.#error("start", nameOrUuid, "invalid-state", "Requested operation is not valid: domain is already running");
+    booted.state = "running";
   }
 
   async destroy(nameOrUuid: string): Promise<void> {

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Writable } from "node:stream";
 import { Agent } from "../../src/agent/agent.ts";
-import { maxConcurrentOrders, OrderRunner } from "../../src/agent/order-runner.ts";
+import { minConcurrentOrders, OrderRunner } from "../../src/agent/order-runner.ts";
 import { VmActions } from "../../src/agent/vm-actions.ts";
 import { MemoryVmLeases } from "../../src/agent/vm-leases.ts";
 import { vmPollIntervalMs, VmWatch } from "../../src/agent/vm-watch.ts";
@@ -39,13 +39,12 @@ function xmlOf(name: string, uuid: string): string {
 /** A hypervisor whose listing fails on demand and whose starts take virtual time (to see them overlap). */
 class TestHypervisor extends MemoryHypervisor {
   failedLists = 0;
-  startMs = 0;
   startsInFlight = 0;
   maxStartsInFlight = 0;
   starts = 0;
 
   constructor(readonly clock: VirtualClock) {
-    super({ uri: "memory:///host-1" });
+    super({ uri: "memory:///host-1", clock });
   }
 
   override async listDomains(): Promise<DomainInfo[]> {
@@ -61,7 +60,6 @@ class TestHypervisor extends MemoryHypervisor {
     this.startsInFlight++;
     this.maxStartsInFlight = Math.max(this.maxStartsInFlight, this.startsInFlight);
     try {
-      if (this.startMs > 0) await this.clock.sleep(this.startMs);
       await super.start(nameOrUuid);
     } finally {
       this.startsInFlight--;
@@ -83,6 +81,8 @@ class Bench {
   readonly stateDeletes: KvChange[] = [];
   watch: VmWatch | undefined;
   orders: OrderRunner | undefined;
+  /** The runtime setting recovery_concurrency_per_host, as the agent would follow it. */
+  perHostLimit = 2;
   readonly #wallMs = Date.parse("2026-11-23T12:00:00.000Z");
 
   now = () => new Date(this.#wallMs + this.clock.nowMs());
@@ -96,7 +96,7 @@ class Bench {
     });
     const options = { host, kv: this.kv, keys, clock: this.clock, now: this.now, actions: this.actions };
     if (parts.watch === true) this.watch = new VmWatch(options);
-    if (parts.orders === true) this.orders = new OrderRunner(options);
+    if (parts.orders === true) this.orders = new OrderRunner({ ...options, perHostLimit: () => this.perHostLimit });
     await this.clock.advance(0);
   }
 
@@ -299,15 +299,20 @@ describe("orders", () => {
     await bench.stop();
   });
 
-  test(`at most ${maxConcurrentOrders} orders at once; all carried out`, async () => {
+  test(`at most max(${minConcurrentOrders}, the per-host recovery limit) orders at once, the limit read as it changes; all carried out`, async () => {
     const bench = new Bench();
     bench.hypervisor.startMs = 1_000;
     const vms: VmRecord[] = [];
-    for (let n = 1; n <= 10; n++) vms.push(await bench.register(n, { ha: n % 2 === 0 }));
+    for (let n = 1; n <= 20; n++) vms.push(await bench.register(n, { ha: n % 2 === 0 }));
     await bench.start({ orders: true });
-    for (const vm of vms) await bench.order(vm.uuid, "start");
+    for (const vm of vms.slice(0, 10)) await bench.order(vm.uuid, "start");
     await bench.clock.advance(10_000);
-    expect(bench.hypervisor.maxStartsInFlight).toBe(maxConcurrentOrders);
+    // The per-host limit (2) is below the floor: the floor holds.
+    expect(bench.hypervisor.maxStartsInFlight).toBe(minConcurrentOrders);
+    bench.perHostLimit = 7;
+    for (const vm of vms.slice(10)) await bench.order(vm.uuid, "start");
+    await bench.clock.advance(10_000);
+    expect(bench.hypervisor.maxStartsInFlight).toBe(7);
     for (const vm of vms) expect(await bench.result(vm.uuid)).toMatchObject({ outcome: "done" });
     expect(await bench.orderKeys()).toEqual([]);
     await bench.stop();
