@@ -40,7 +40,9 @@ import { defaultStrategy, strategyToJson } from "../../src/core/strategy.ts";
 import { configureLogging } from "../../src/log.ts";
 import { EtcdKv } from "../../src/store/etcd-kv.ts";
 import { keys as keysFor } from "../../src/store/keys.ts";
-import { KvError, type Kv, type KvChange, type KvEntry, type KvLease, type KvRange, type KvWatch, type KvWatchListener, type PutOptions, type RangeOptions } from "../../src/store/kv.ts";
+import type { Kv, KvChange } from "../../src/store/kv.ts";
+import { LinkKv, newLinkStats } from "./link-kv.ts";
+import { log, round, sampler, sleep, until, type ProcStats } from "./support.ts";
 import { PrefixWatcher } from "../../src/store/watcher.ts";
 import { MemoryHypervisor } from "../../src/virt/memory-hypervisor.ts";
 import { writeConfig } from "../../test/helpers/config.ts";
@@ -85,96 +87,6 @@ const etcdExpiryCheckMs = 500;
 const prefix = "/fitha";
 const keys = keysFor(prefix);
 const controllerName = "bench-controller";
-const startedAtMs = performance.now();
-
-const log = (message: string) => console.error(`[${((performance.now() - startedAtMs) / 1000).toFixed(1).padStart(6)} s] ${message}`);
-const sleep = (ms: number) => Bun.sleep(ms);
-const round = (value: number, digits = 1) => Number(value.toFixed(digits));
-
-/** Polls `condition` every `everyMs` until it holds; throws after `timeoutMs`. */
-async function until(what: string, timeoutMs: number, everyMs: number, condition: () => Promise<boolean> | boolean): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!(await condition())) {
-    if (performance.now() > deadline) throw new Error(`not within ${Math.round(timeoutMs / 1000)} s: ${what}`);
-    await sleep(everyMs);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// /proc sampling
-
-const clockTicks = Number(Bun.spawnSync(["getconf", "CLK_TCK"]).stdout.toString().trim()) || 100;
-
-interface ProcSample {
-  readonly atMs: number;
-  /** utime + stime, seconds. */
-  readonly cpuS: number;
-  readonly rssKiB: number;
-  readonly hwmKiB: number;
-}
-
-async function procSample(pid: number | "self" | "machine"): Promise<ProcSample> {
-  if (pid === "machine") {
-    // /proc/stat's cpu line: user nice system idle iowait irq softirq steal …; busy = all but idle and iowait.
-    const ticks = (await Bun.file("/proc/stat").text()).split("\n")[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
-    return { atMs: performance.now(), cpuS: (ticks.reduce((a, b) => a + b, 0) - ticks[3]! - ticks[4]!) / clockTicks, rssKiB: 0, hwmKiB: 0 };
-  }
-  const [stat, status] = await Promise.all([Bun.file(`/proc/${pid}/stat`).text(), Bun.file(`/proc/${pid}/status`).text()]);
-  // Fields after "(comm)": state is field 3, utime 14, stime 15.
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  const kib = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
-  return { atMs: performance.now(), cpuS: (Number(fields[11]) + Number(fields[12])) / clockTicks, rssKiB: kib("VmRSS"), hwmKiB: kib("VmHWM") };
-}
-
-interface ProcStats {
-  /** Average over the window, % of one core. */
-  readonly cpuAvgPercent: number;
-  /** The busiest 1 s sample. */
-  readonly cpuMaxPercent: number;
-  readonly rssPeakMiB: number;
-  readonly rssAvgMiB: number;
-  /** VmHWM: the process's peak RSS since it started (includes start-up and registration). */
-  readonly hwmMiB: number;
-}
-
-/** Samples processes every second until stop(). */
-function sampler(pids: Record<string, number | "self" | "machine">) {
-  const samples = new Map<string, ProcSample[]>(Object.keys(pids).map((name) => [name, []]));
-  let running = true;
-  const take = () => Promise.all(Object.entries(pids).map(async ([name, pid]) => samples.get(name)!.push(await procSample(pid))));
-  const loop = (async () => {
-    await take();
-    while (running) {
-      await sleep(1_000);
-      await take();
-    }
-  })();
-  return {
-    async stop(): Promise<Record<string, ProcStats>> {
-      running = false;
-      await loop;
-      const mib = (kib: number) => round(kib / 1024);
-      return Object.fromEntries(
-        [...samples].map(([name, list]) => {
-          const first = list[0]!;
-          const last = list.at(-1)!;
-          const steps = list.slice(1).map((s, i) => (100 * (s.cpuS - list[i]!.cpuS)) / ((s.atMs - list[i]!.atMs) / 1000));
-          return [
-            name,
-            {
-              cpuAvgPercent: round((100 * (last.cpuS - first.cpuS)) / ((last.atMs - first.atMs) / 1000), 2),
-              cpuMaxPercent: round(Math.max(0, ...steps)),
-              rssPeakMiB: mib(Math.max(...list.map((s) => s.rssKiB))),
-              rssAvgMiB: mib(list.reduce((sum, s) => sum + s.rssKiB, 0) / list.length),
-              hwmMiB: mib(last.hwmKiB),
-            },
-          ];
-        }),
-      );
-    },
-  };
-}
-
 // ---------------------------------------------------------------------------------------------
 // etcd's /metrics
 
@@ -214,90 +126,7 @@ function etcdDelta(before: Metrics, after: Metrics): EtcdCounts {
   return Object.fromEntries(Object.entries(etcdCounters).map(([name, read]) => [name, read(after) - read(before)])) as EtcdCounts;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Simulated links: a Kv that fails like a dead network while cut
-
-const sim = { keepalives: 0, keepaliveFailures: 0, grants: 0, started: 0, timing: false, keepaliveMs: [] as number[] };
-
-class LinkKv implements Kv {
-  cut = false;
-  /** When the last keepalive that etcd answered "alive" was sent (the bench's clock). */
-  lastRenewalSentMs = -Infinity;
-
-  constructor(private readonly inner: Kv) {}
-
-  get name(): string {
-    return this.inner.name;
-  }
-
-  #check(operation: string, subject: string): void {
-    if (this.cut) throw new KvError(this.inner.name, operation, subject, "unreachable", "bench: this host's link to the plane is cut");
-  }
-
-  async get(key: string): Promise<KvEntry | undefined> {
-    this.#check("get", key);
-    return this.inner.get(key);
-  }
-  async getPrefix(prefix: string, options?: RangeOptions): Promise<KvRange> {
-    this.#check("read", prefix);
-    return this.inner.getPrefix(prefix, options);
-  }
-  async put(key: string, value: string, options?: PutOptions): Promise<bigint> {
-    this.#check("put", key);
-    return this.inner.put(key, value, options);
-  }
-  async delete(key: string): Promise<boolean> {
-    this.#check("delete", key);
-    return this.inner.delete(key);
-  }
-  async deleteRange(startKey: string, endKey: string): Promise<number> {
-    this.#check("delete", startKey);
-    return this.inner.deleteRange(startKey, endKey);
-  }
-  async createIfAbsent(key: string, value: string, options?: PutOptions): Promise<boolean> {
-    this.#check("create", key);
-    return this.inner.createIfAbsent(key, value, options);
-  }
-  async putIfModRevision(key: string, value: string, modRevision: bigint): Promise<boolean> {
-    this.#check("compare-and-swap", key);
-    return this.inner.putIfModRevision(key, value, modRevision);
-  }
-  async grantLease(ttlMs: number): Promise<KvLease> {
-    this.#check("grant", "a lease");
-    const lease = await this.inner.grantLease(ttlMs);
-    sim.grants++;
-    return {
-      id: lease.id,
-      ttlMs: lease.ttlMs,
-      keepAliveOnce: async () => {
-        this.#check("keep alive", `lease ${lease.id}`);
-        const sentMs = performance.now();
-        sim.keepalives++;
-        try {
-          const alive = await lease.keepAliveOnce();
-          if (sim.timing) sim.keepaliveMs.push(performance.now() - sentMs);
-          if (alive) this.lastRenewalSentMs = sentMs;
-          else sim.keepaliveFailures++;
-          return alive;
-        } catch (error) {
-          sim.keepaliveFailures++;
-          throw error;
-        }
-      },
-      revoke: async () => {
-        this.#check("revoke", `lease ${lease.id}`);
-        await lease.revoke();
-      },
-    };
-  }
-  async watchPrefix(prefix: string, fromRevision: bigint, listener: KvWatchListener): Promise<KvWatch> {
-    this.#check("watch", prefix);
-    return this.inner.watchPrefix(prefix, fromRevision, listener);
-  }
-  close(): void {
-    // The shared clients are closed by the bench.
-  }
-}
+const sim = { ...newLinkStats(), started: 0 };
 
 interface SimHost {
   readonly name: string;
@@ -607,7 +436,7 @@ async function main(): Promise<void> {
   const hypervisor = new MemoryHypervisor();
   for (let i = 0; i < hostCount; i++) {
     const name = `sim-${String(i + 1).padStart(4, "0")}`;
-    hosts.push({ name, links: Object.fromEntries(planes.map((plane) => [plane, new LinkKv(pool[plane][i % clientsPerPlane]!)])) as Record<Plane, LinkKv> });
+    hosts.push({ name, links: Object.fromEntries(planes.map((plane) => [plane, new LinkKv(pool[plane][i % clientsPerPlane]!, sim)])) as Record<Plane, LinkKv> });
   }
 
   const registrationR0 = await revision();

@@ -48,15 +48,21 @@ export async function formatLeaseFile(dir: TempDir, options: { slots?: number; p
   if (result.exitCode !== 0) throw new Error(`fitha lease format: exit ${result.exitCode}: ${result.stderr}`);
 }
 
-/** Starts lockd and waits (bounded) until it answers on its socket. */
-export async function startLockd(h: LockdHost): Promise<Bun.Subprocess<"ignore", "ignore", "pipe">> {
-  const child = Bun.spawn(daemonCommand(h.args), { stdin: "ignore", stdout: "ignore", stderr: "pipe", env: { PATH: "/usr/bin:/bin" } });
+/**
+ * Starts lockd and waits (bounded) until it answers on its socket. Its log goes to a pipe (read
+ * it after the test) or, for long runs that would fill the pipe, to `options.logFile`.
+ */
+export async function startLockd(h: LockdHost): Promise<Bun.Subprocess<"ignore", "ignore", "pipe">>;
+export async function startLockd(h: LockdHost, options: { logFile: string }): Promise<Bun.Subprocess>;
+export async function startLockd(h: LockdHost, options: { logFile?: string } = {}): Promise<Bun.Subprocess> {
+  const stderr = options.logFile === undefined ? "pipe" : Bun.file(options.logFile);
+  const child = Bun.spawn(daemonCommand(h.args), { stdin: "ignore", stdout: "ignore", stderr, env: { PATH: "/usr/bin:/bin" } });
   started.add(child);
   const deadline = Date.now() + startTimeoutMs;
   for (;;) {
     const status = await runFitha(["lease", "status", "--socket", h.socket, "--json"]);
     if (status.exitCode === 0) return child;
-    if (child.exitCode !== null) throw new Error(`lockd exited ${child.exitCode}: ${await new Response(child.stderr).text()}`);
+    if (child.exitCode !== null) throw new Error(`lockd exited ${child.exitCode}: ${options.logFile === undefined ? await new Response(child.stderr as ReadableStream).text() : `see ${options.logFile}`}`);
     if (Date.now() > deadline) throw new Error(`lockd did not answer on ${h.socket}: ${status.stderr}`);
     await Bun.sleep(50);
   }
