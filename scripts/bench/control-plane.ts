@@ -42,7 +42,7 @@ import { EtcdKv } from "../../src/store/etcd-kv.ts";
 import { keys as keysFor } from "../../src/store/keys.ts";
 import type { Kv, KvChange } from "../../src/store/kv.ts";
 import { LinkKv, newLinkStats } from "./link-kv.ts";
-import { log, round, sampler, sleep, until, type ProcStats } from "./support.ts";
+import { bounded, log, round, sampler, sleep, until, type ProcStats } from "./support.ts";
 import { PrefixWatcher } from "../../src/store/watcher.ts";
 import { MemoryHypervisor } from "../../src/virt/memory-hypervisor.ts";
 import { writeConfig } from "../../test/helpers/config.ts";
@@ -255,8 +255,6 @@ let cleaning: Promise<void> | undefined;
 
 function cleanup(): Promise<void> {
   return (cleaning ??= (async () => {
-    const bounded = (what: string, work: Promise<unknown>, ms: number) =>
-      Promise.race([work.catch((error: unknown) => log(`${what}: ${String(error)}`)), sleep(ms).then(() => log(`${what}: gave up after ${ms} ms`))]);
     await bounded("stopping the agents", Promise.all(hosts.map((h) => h.agent?.stop())), 20_000);
     await bounded("stopping the bench's watch", clusterLog?.watcher.stop() ?? Promise.resolve(), 5_000);
     for (const client of clients) client.close();

@@ -23,7 +23,7 @@
  *
  * The floor nothing can beat: a VM may start only once the controller may decide its host failed
  * (the last of the host's three heartbeat keys expired — TTL after its last keepalive, which the
- * bench's links note — plus the grace period) and its lease is free (8T + K after the host's last
+ * bench's links note — plus the grace period, which runs from the last plane down) and its lease is free (8T + K after the host's last
  * lease renewal, which lockd's state file gives on CLOCK_BOOTTIME). Both run at the same time, so
  * floor = the later of the two, for the latest failed host; then the starts themselves take start
  * time × VMs ÷ limit. Overhead = total − (floor + that): what fitha adds (etcd's expiry check
@@ -37,7 +37,7 @@ import { clockBoottimeMs } from "../../ffi/libc.ts";
 import { Agent } from "../../src/agent/agent.ts";
 import { LockdSocketQuestions } from "../../src/agent/lockd-questions.ts";
 import { LockdVmLeases, lockdRequestTimeoutMs } from "../../src/agent/vm-leases.ts";
-import { planes, type Plane } from "../../src/config/fitha-config.ts";
+import { logLevels, planes, type LogLevel, type Plane } from "../../src/config/fitha-config.ts";
 import { monotonicClock } from "../../src/core/clock.ts";
 import { defaultSettings, settingsToJson } from "../../src/core/settings.ts";
 import { defaultStrategy, strategyToJson } from "../../src/core/strategy.ts";
@@ -58,7 +58,7 @@ import { killStartedLockds, startLockd } from "../../test/helpers/lockd.ts";
 import { terminate } from "../../test/helpers/terminate.ts";
 import { tempDir, type TempDir } from "../../test/helpers/tmp.ts";
 import { LinkKv, newLinkStats } from "./link-kv.ts";
-import { log, round, sampler, sleep, until, type ProcStats } from "./support.ts";
+import { bounded, log, round, sampler, until, type ProcStats } from "./support.ts";
 
 const { values } = parseArgs({
   options: {
@@ -75,6 +75,10 @@ const { values } = parseArgs({
     json: { type: "string" },
     /** Keep each scenario's directory (logs of the controller, the agents and every lockd) under --keep-dir. */
     "keep-dir": { type: "string" },
+    /** The in-process agents' log level (their log goes to agents.log in the scenario's directory). */
+    "log-level": { type: "string", default: "warn" },
+    /** Run the controller from source under Bun's CPU profiler; its profile (markdown) lands in this directory when it stops. */
+    "profile-controller": { type: "string" },
   },
 });
 const positive = (name: string, value: number) => {
@@ -91,6 +95,8 @@ const startTimesS = list("start-s", values["start-s"]);
 const ioTimeoutS = positive("io-timeout-s", Number(values["io-timeout-s"]));
 const killBudgetS = positive("kill-budget-s", Number(values["kill-budget-s"]));
 const clientsPerPlane = positive("clients", Number(values.clients));
+const logLevel = values["log-level"];
+if (!(logLevels as readonly string[]).includes(logLevel)) throw new RangeError(`--log-level: ${logLevel} is none of ${logLevels.join(", ")}`);
 const maxRunMs = positive("max-run-s", Number(values["max-run-s"])) * 1000;
 if (failedCount >= hostCount) throw new RangeError("--failed must leave surviving hosts");
 if (haCount > vmCount || haCount % failedCount !== 0) throw new RangeError("--ha-vms: at most --vms, and a multiple of --failed (each failed host runs as many)");
@@ -167,8 +173,6 @@ async function cleanupScenario(): Promise<void> {
   const scenario = current;
   current = undefined;
   if (scenario === undefined) return;
-  const bounded = (what: string, work: Promise<unknown>, ms: number) =>
-    Promise.race([work.catch((error: unknown) => log(`${what}: ${String(error)}`)), sleep(ms).then(() => log(`${what}: gave up after ${ms} ms`))]);
   await bounded("stopping the agents", Promise.all(scenario.hosts.map((h) => h.agent?.stop())), 30_000);
   await killStartedLockds();
   for (const client of scenario.clients) client.close();
@@ -228,7 +232,7 @@ async function runScenario(limit: number, startS: number): Promise<ScenarioResul
   const hosts: BenchHost[] = [];
   current = { dir, etcd, admin, clients: planes.flatMap((p) => pool[p]), hosts };
   const linkStats = newLinkStats();
-  configureLogging({ level: "warn", format: "json", stream: createWriteStream(join(dir.path, "agents.log")) });
+  configureLogging({ level: logLevel as LogLevel, format: "json", stream: createWriteStream(join(dir.path, "agents.log")) });
 
   // Runtime settings first: the agents and the controller start with them. 20 of 38 hosts is
   // 52.6 % down, past the default self-defense threshold (50 %): the seed's scenario recovers them.
@@ -251,7 +255,13 @@ async function runScenario(limit: number, startS: number): Promise<ScenarioResul
 
   const controllerLog = join(dir.path, "controller.log");
   const config = await writeConfig(dir.path, { management: etcd.endpoint, prefix, extra: `[controller]\nname = "bench"\n` });
-  const controller = Bun.spawn(daemonCommand(["controller", "--config", config, "--log-format", "json"]), { stdin: "ignore", stdout: Bun.file(controllerLog), stderr: Bun.file(controllerLog), env: { PATH: "/usr/bin:/bin" } });
+  const controllerArgs = ["controller", "--config", config, "--log-format", "json"];
+  const profileDir = values["profile-controller"];
+  const command =
+    profileDir === undefined
+      ? daemonCommand(controllerArgs)
+      : ["setpriv", "--pdeathsig", "KILL", "--", process.execPath, "--cpu-prof-md", `--cpu-prof-dir=${profileDir}`, join(import.meta.dir, "../../src/cli/main.ts"), ...controllerArgs];
+  const controller = Bun.spawn(command, { stdin: "ignore", stdout: Bun.file(controllerLog), stderr: Bun.file(controllerLog), env: { PATH: "/usr/bin:/bin" } });
   current.controller = controller;
 
   let small = 0;
@@ -379,12 +389,12 @@ async function main(): Promise<void> {
   for (const startS of startTimesS) for (const limit of limits) results.push(await runScenario(limit, startS));
   clearTimeout(runTimer);
   console.log(`\n${hostCount} hosts, ${failedCount} fail, ${vmCount} VMs (${haCount} HA); heartbeat TTL ${heartbeatTtlMs / 1000} s, grace ${graceMs / 1000} s; lease T ${ioTimeoutS} s, K ${killBudgetS} s (host dead 8T + K = ${hostDeadMs / 1000} s)\n`);
-  console.log("| limit (per host) | start | total | floor: decidable / leases free | floor + start × VMs ÷ limit | overhead | first task | first running | last running after leases free | lease-held waits | failed attempts | starts per VM | controller CPU avg / max | etcd CPU avg |");
-  console.log("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+  console.log("| limit (per host) | start | total | floor: decidable / leases free | floor + start × VMs ÷ limit | overhead | first task | first running | last running after leases free | lease-held waits | failed attempts | starts per VM | controller CPU avg / max | etcd CPU avg | bench (agents) CPU avg / max |");
+  console.log("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
   for (const r of results) {
     const cpu = (p: ProcStats | undefined) => (p === undefined ? "—" : `${p.cpuAvgPercent} % / ${p.cpuMaxPercent} %`);
     console.log(
-      `| ${r.limit} (${r.perHostLimit}) | ${r.startS} s | ${r.totalS} s | ${r.detectionFloorS} / ${r.leaseExpiryS} s | ${r.idealS} s | **${r.overheadS} s** | ${r.firstTaskS} s | ${r.firstRunningS} s | ${r.lastAfterLeaseExpiryS} s | ${r.leaseHeldWaits} | ${r.failedAttempts} | ${r.maxStartsOfOneVm} | ${cpu(r.processes["controller"])} | ${r.processes["etcd"]?.cpuAvgPercent ?? "—"} % |`,
+      `| ${r.limit} (${r.perHostLimit}) | ${r.startS} s | ${r.totalS} s | ${r.detectionFloorS} / ${r.leaseExpiryS} s | ${r.idealS} s | **${r.overheadS} s** | ${r.firstTaskS} s | ${r.firstRunningS} s | ${r.lastAfterLeaseExpiryS} s | ${r.leaseHeldWaits} | ${r.failedAttempts} | ${r.maxStartsOfOneVm} | ${cpu(r.processes["controller"])} | ${r.processes["etcd"]?.cpuAvgPercent ?? "—"} % | ${cpu(r.processes["bench"])} |`,
     );
   }
   if (values.json !== undefined) await Bun.write(values.json, JSON.stringify(results, null, 2));

@@ -4,7 +4,7 @@
  * a dead link (a watch already established through the shared client stays up). Keepalives and
  * lease grants are counted in a LinkStats shared by all links of a bench.
  */
-import { KvError, type Kv, type KvEntry, type KvLease, type KvRange, type KvWatch, type KvWatchListener, type PutOptions, type RangeOptions } from "../../src/store/kv.ts";
+import { KvError, type AlsoWrites, type Kv, type KvEntry, type KvLease, type KvRange, type KvWatch, type KvWatchListener, type PutOptions, type RangeOptions } from "../../src/store/kv.ts";
 
 export interface LinkStats {
   keepalives: number;
@@ -61,9 +61,9 @@ export class LinkKv implements Kv {
     this.#check("create", key);
     return this.inner.createIfAbsent(key, value, options);
   }
-  async putIfModRevision(key: string, value: string, modRevision: bigint): Promise<boolean> {
+  async putIfModRevision(key: string, value: string, modRevision: bigint, also?: AlsoWrites): Promise<boolean> {
     this.#check("compare-and-swap", key);
-    return this.inner.putIfModRevision(key, value, modRevision);
+    return this.inner.putIfModRevision(key, value, modRevision, also);
   }
   async grantLease(ttlMs: number): Promise<KvLease> {
     this.#check("grant", "a lease");

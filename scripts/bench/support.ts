@@ -92,3 +92,18 @@ export function sampler(pids: Record<string, number | "self" | "machine">) {
     },
   };
 }
+
+/** Waits for `work` at most `ms`; logs its failure, or that it was given up on. */
+export async function bounded(what: string, work: Promise<unknown>, ms: number): Promise<void> {
+  let timer: Timer | undefined;
+  await Promise.race([
+    work.catch((error: unknown) => log(`${what}: ${String(error)}`)),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        log(`${what}: gave up after ${ms} ms`);
+        resolve();
+      }, ms);
+    }),
+  ]);
+  clearTimeout(timer);
+}

@@ -11,7 +11,7 @@ import { withDeadline } from "../deadline.ts";
 import { FithaError } from "../errors.ts";
 import { connectPlane, describeEtcdError, type EtcdSettings } from "./cluster.ts";
 import type { EtcdCredentials } from "./credentials.ts";
-import { KvError, type Kv, type KvChange, type KvEntry, type KvErrorKind, type KvLease, type KvRange, type KvWatch, type KvWatchEnd, type KvWatchListener, type PutOptions, type RangeOptions } from "./kv.ts";
+import { checkDistinctKeys, KvError, type AlsoWrites, type Kv, type KvChange, type KvEntry, type KvErrorKind, type KvLease, type KvRange, type KvWatch, type KvWatchEnd, type KvWatchListener, type PutOptions, type RangeOptions } from "./kv.ts";
 
 const bytes = (text: string) => Buffer.from(text, "utf8");
 const quote = (key: string) => JSON.stringify(key);
@@ -66,13 +66,18 @@ export class EtcdKv implements Kv {
     return this.#putIf("create", key, value, { target: "Create", create_revision: 0 }, options);
   }
 
-  putIfModRevision(key: string, value: string, modRevision: bigint): Promise<boolean> {
+  async putIfModRevision(key: string, value: string, modRevision: bigint, also: AlsoWrites = {}): Promise<boolean> {
+    checkDistinctKeys(key, also);
     // An absent key compares as mod_revision 0, so 0n means "only if absent", as in etcd.
-    return this.#putIf("compare-and-swap", key, value, { target: "Mod", mod_revision: modRevision.toString() }, {});
+    return await this.#putIf("compare-and-swap", key, value, { target: "Mod", mod_revision: modRevision.toString() }, {}, also);
   }
 
-  async #putIf(operation: string, key: string, value: string, compare: { target: "Create" | "Mod"; create_revision?: number; mod_revision?: string }, options: PutOptions): Promise<boolean> {
-    const success: IRequestOp[] = [{ request_put: putRequest(key, value, options) }];
+  async #putIf(operation: string, key: string, value: string, compare: { target: "Create" | "Mod"; create_revision?: number; mod_revision?: string }, options: PutOptions, also: AlsoWrites = {}): Promise<boolean> {
+    const success: IRequestOp[] = [
+      { request_put: putRequest(key, value, options) },
+      ...(also.puts ?? []).map((p) => ({ request_put: putRequest(p.key, p.value, {}) })),
+      ...(also.deletes ?? []).map((k) => ({ request_delete_range: { key: bytes(k) } })),
+    ];
     const response = await this.#call(operation, quote(key), () => this.client.kv.txn({ compare: [{ key: bytes(key), result: "Equal", ...compare }], success }));
     return response.succeeded;
   }

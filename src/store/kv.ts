@@ -42,6 +42,18 @@ export interface RangeOptions {
   readonly startAfter?: string;
 }
 
+/** Writes that ride along with a compare-and-swap (Kv.putIfModRevision). */
+export interface AlsoWrites {
+  readonly puts?: ReadonlyArray<{ readonly key: string; readonly value: string }>;
+  readonly deletes?: readonly string[];
+}
+
+/** Every key of a transaction at most once (etcd refuses a transaction that names a key twice). */
+export function checkDistinctKeys(key: string, also: AlsoWrites): void {
+  const all = [key, ...(also.puts ?? []).map((p) => p.key), ...(also.deletes ?? [])];
+  if (new Set(all).size !== all.length) throw new RangeError(`a transaction names a key twice: ${all.join(", ")}`);
+}
+
 export interface PutOptions {
   /** Attach the key to this lease: it is deleted when the lease expires or is revoked. */
   readonly leaseId?: string;
@@ -108,9 +120,10 @@ export interface Kv {
   createIfAbsent(key: string, value: string, options?: PutOptions): Promise<boolean>;
   /**
    * Writes the key only if its last write was at `modRevision` (0n: only if absent), in one
-   * transaction: compare-and-swap. True if it was written.
+   * transaction: compare-and-swap. True if it was written. `also`: more writes in the same
+   * transaction (one revision), done exactly when this one is; every key at most once.
    */
-  putIfModRevision(key: string, value: string, modRevision: bigint): Promise<boolean>;
+  putIfModRevision(key: string, value: string, modRevision: bigint, also?: AlsoWrites): Promise<boolean>;
   /** A lease that lives ttlMs after its grant and after each keepalive, unless revoked. */
   grantLease(ttlMs: number): Promise<KvLease>;
   /**

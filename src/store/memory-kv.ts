@@ -6,7 +6,7 @@
  * cluster can be cut while the others carry on, as on a real network.
  */
 import type { Clock } from "../core/clock.ts";
-import { KvError, type Kv, type KvChange, type KvEntry, type KvLease, type KvRange, type KvWatch, type KvWatchEnd, type KvWatchListener, type PutOptions, type RangeOptions } from "./kv.ts";
+import { checkDistinctKeys, KvError, type AlsoWrites, type Kv, type KvChange, type KvEntry, type KvLease, type KvRange, type KvWatch, type KvWatchEnd, type KvWatchListener, type PutOptions, type RangeOptions } from "./kv.ts";
 
 interface Stored {
   readonly value: string;
@@ -108,10 +108,13 @@ export class MemoryCluster {
     return doomed.length;
   }
 
-  /** Writes if the key's mod revision is `modRevision` (0n: absent); true if written. */
-  putIfModRevision(key: string, value: string, modRevision: bigint, leaseId?: string): boolean {
+  /** Writes if the key's mod revision is `modRevision` (0n: absent), with `also` in the same revision; true if written. */
+  putIfModRevision(key: string, value: string, modRevision: bigint, leaseId?: string, also: AlsoWrites = {}): boolean {
+    checkDistinctKeys(key, also);
     if ((this.#data.get(key)?.modRevision ?? 0n) !== modRevision) return false;
-    this.#commit([{ key, value, leaseId }]);
+    // etcd's delete of an absent key changes nothing (and is no event).
+    const deletes = (also.deletes ?? []).filter((k) => this.#data.has(k)).map((k) => ({ key: k, value: undefined }));
+    this.#commit([{ key, value, leaseId }, ...(also.puts ?? []).map((p) => ({ key: p.key, value: p.value })), ...deletes]);
     return true;
   }
 
@@ -271,8 +274,8 @@ export class MemoryKv implements Kv {
     return this.#request("create", quote(key), () => this.cluster.putIfModRevision(key, value, 0n, options.leaseId));
   }
 
-  putIfModRevision(key: string, value: string, modRevision: bigint): Promise<boolean> {
-    return this.#request("compare-and-swap", quote(key), () => this.cluster.putIfModRevision(key, value, modRevision));
+  putIfModRevision(key: string, value: string, modRevision: bigint, also?: AlsoWrites): Promise<boolean> {
+    return this.#request("compare-and-swap", quote(key), () => this.cluster.putIfModRevision(key, value, modRevision, undefined, also));
   }
 
   async grantLease(ttlMs: number): Promise<KvLease> {

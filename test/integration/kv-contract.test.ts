@@ -184,6 +184,24 @@ describe.each(implementations)("%s", (_, open) => {
     expect((await kv.get(key))?.value).toBe("v2");
   });
 
+  test("putIfModRevision's other writes happen with it, in its revision, or not at all; a key named twice is refused", async () => {
+    await using subject = await open();
+    const { kv } = subject;
+    const prefix = freshPrefix();
+    await kv.put(`${prefix}doomed`, "x");
+    const also = { puts: [{ key: `${prefix}order`, value: "start" }], deletes: [`${prefix}doomed`, `${prefix}never-there`] };
+    expect(await kv.putIfModRevision(`${prefix}task`, "stale", 12345n, also)).toBe(false);
+    expect(await kv.get(`${prefix}order`)).toBeUndefined();
+    expect((await kv.get(`${prefix}doomed`))?.value).toBe("x");
+    expect(await kv.putIfModRevision(`${prefix}task`, "starting", 0n, also)).toBe(true);
+    const [task, order] = [(await kv.get(`${prefix}task`))!, (await kv.get(`${prefix}order`))!];
+    expect([task.value, order.value]).toEqual(["starting", "start"]);
+    expect(order.modRevision).toBe(task.modRevision);
+    expect(await kv.get(`${prefix}doomed`)).toBeUndefined();
+    await expect(kv.putIfModRevision(`${prefix}task`, "again", task.modRevision, { deletes: [`${prefix}task`] })).rejects.toThrow(RangeError);
+    expect((await kv.get(`${prefix}task`))?.value).toBe("starting");
+  });
+
   test("a leased key lives while its lease does: revoke deletes it, a gone lease is refused", async () => {
     await using subject = await open();
     const { kv } = subject;

@@ -1,124 +1,36 @@
 /**
- * Recovery end to end with the real daemons: one etcd (all three planes), a controller, and three
- * compute hosts, each with its own libvirtd (the test driver: its VMs are that host's), its own
- * lockd on one shared lease file, and its agent. host-1 runs three HA VMs and one plain VM; then
- * host-1 dies (agent, lockd and libvirtd killed). Its HA VMs must run again on the other hosts —
- * none before host-1's leases could expire — and the plain VM must not move.
+ * Recovery end to end with the real daemons (test/helpers/cluster.ts): one etcd, a controller,
+ * and three compute hosts, each with its own libvirtd (test driver), lockd on one shared lease
+ * file, and agent. host-1 runs three HA VMs and one plain VM; then host-1 dies (agent, lockd and
+ * libvirtd killed). Its HA VMs must run again on the other hosts — none before host-1's leases
+ * could expire — and the plain VM must not move.
  *
  * Timing: lockd T = 0.5 s and K = 2 s (host-dead 6 s after the last renewal), heartbeats every
  * 500 ms living 2 s, grace 2 s.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { join } from "node:path";
-import { defaultSettings, settingsToJson } from "../../src/core/settings.ts";
-import { defaultStrategy, strategyToJson } from "../../src/core/strategy.ts";
-import { EtcdKv } from "../../src/store/etcd-kv.ts";
-import { keys as keysFor } from "../../src/store/keys.ts";
-import type { Kv } from "../../src/store/kv.ts";
-import { hostRecord, taskRecord, vmRecord } from "../../src/store/records.ts";
+import { taskRecord, vmRecord } from "../../src/store/records.ts";
 import { readRecord } from "../../src/store/typed.ts";
-import { LibvirtHypervisor } from "../../src/virt/libvirt-hypervisor.ts";
-import { writeConfig } from "../helpers/config.ts";
-import { startEtcd, type LocalEtcd } from "../helpers/etcd.ts";
-import { etcdSettings } from "../helpers/etcd-settings.ts";
+import { startCluster, type Cluster, type ClusterHost } from "../helpers/cluster.ts";
 import { eventually } from "../helpers/eventually.ts";
-import { daemonCommand, runFitha } from "../helpers/fitha.ts";
-import { domainXml, startLibvirtd, type LocalLibvirtd } from "../helpers/libvirtd.ts";
-import { startLinkProxy, type LinkProxy } from "../helpers/link-proxy.ts";
-import { terminate } from "../helpers/terminate.ts";
-import { tempDir, type TempDir } from "../helpers/tmp.ts";
+import { runFitha } from "../helpers/fitha.ts";
 
-const prefix = "/fitha-rec";
-const keys = keysFor(prefix);
-const children = new Set<Bun.Subprocess>();
-let dir: TempDir;
-let etcd: LocalEtcd;
-let admin: Kv;
-
-interface Host {
-  name: string;
-  /** The agent's only way to etcd (all planes share the one etcd here): cut it to partition the host. */
-  link: LinkProxy;
-  libvirtd: LocalLibvirtd;
-  hypervisor: LibvirtHypervisor;
-  config: string;
-  socket: string;
-  agent: Bun.Subprocess;
-  lockd: Bun.Subprocess;
-}
-const hosts: Host[] = [];
-
-function spawn(args: string[]): Bun.Subprocess<"ignore", "ignore", "pipe"> {
-  const child = Bun.spawn(daemonCommand([...args, "--log-format", "json"]), { stdin: "ignore", stdout: "ignore", stderr: "pipe", env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" } });
-  children.add(child);
-  return child;
-}
+let cluster: Cluster;
 
 beforeAll(async () => {
-  dir = await tempDir("recovery");
-  etcd = await startEtcd();
-  admin = EtcdKv.connect(etcdSettings({ endpoint: etcd.endpoint }), "management");
-  const format = await runFitha(["lease", "format", "--path", join(dir.path, "leases"), "--hosts", "8", "--slots", "16", "--max-io-timeout-ms", "1000", "--kill-budget-ms", "2000"]);
-  expect(format.exitCode).toBe(0);
-  // Three hosts, two of them failing in turn: self-defense (50 % down) would suspend HA; these tests are about recovery.
-  await admin.put(keys.settings, JSON.stringify({ ...settingsToJson(defaultSettings), heartbeat_interval_ms: 500, heartbeat_ttl_ms: 2_000, self_defense_down_percent: 90, self_recovery_healthy_percent: 95 }));
-  await admin.put(keys.strategy, JSON.stringify({ ...strategyToJson(defaultStrategy), grace_ms: 2_000 }));
-  const controllerDir = join(dir.path, "controller");
-  await Bun.$`mkdir -p ${controllerDir}`.quiet();
-  spawn(["controller", "--config", await writeConfig(controllerDir, { prefix, management: etcd.endpoint, extra: `[controller]\nname = "ctl"\nelection_ttl_ms = 2000\nprobe_interval_ms = 300\n` })]);
-  // One host after the other: each agent's lockspace host id (1, 2, 3) is known before its lockd starts.
-  for (const name of ["host-1", "host-2", "host-3"]) {
-    const hostDir = join(dir.path, name);
-    await Bun.$`mkdir -p ${hostDir}`.quiet();
-    const libvirtd = await startLibvirtd();
-    const socket = join(hostDir, "run", "lockd.sock");
-    const link = await startLinkProxy(etcd.endpoint);
-    const config = await writeConfig(hostDir, { prefix, management: link.endpoint, dialTimeoutMs: 500, requestTimeoutMs: 1_000, extra: `[host]\nname = "${name}"\nhypervisor = "${libvirtd.uri}"\nlockd_socket = "${socket}"\n` });
-    const agent = spawn(["agent", "--config", config]);
-    await eventually(`${name} registered`, async () => (await admin.get(keys.host(name))) !== undefined, 20_000, 100);
-    const record = await readRecord(admin, keys.host(name), hostRecord);
-    const hostId = record !== undefined && "record" in record ? record.record.hostId : 0;
-    const lockd = spawn(["lockd", "--lease-file", join(dir.path, "leases"), "--host-id", String(hostId), "--host", name, "--socket", socket, "--state-dir", join(hostDir, "lockd"), "--hypervisor", libvirtd.uri, "--io-timeout", "0.5", "--id-allocation", "unique"]);
-    await eventually(`${name}'s lockd answers`, async () => (await runFitha(["lease", "status", "--socket", socket])).exitCode === 0, 20_000, 100);
-    hosts.push({ name, link, libvirtd, hypervisor: await LibvirtHypervisor.open(libvirtd.uri), config, socket, agent, lockd });
-  }
+  cluster = await startCluster({ label: "recovery", hosts: 3 });
 }, 120_000);
 
 afterAll(async () => {
-  for (const child of children) await terminate(child, 2_000);
-  for (const host of hosts) {
-    await host.hypervisor.close().catch(() => undefined);
-    await host.libvirtd.stop();
-    await host.link.close();
-  }
-  admin?.close();
-  await etcd?.stop();
-  await dir?.remove();
+  await cluster?.stop();
 }, 60_000);
-
-/** Registers a VM as running on `host` and, if HA, starts it there under its lease — as an operator would. */
-async function runVm(host: Host, name: string, ha: boolean, priority: number): Promise<string> {
-  const file = join(dir.path, `${name}.xml`);
-  await Bun.write(file, domainXml(name));
-  const added = await runFitha(["vm", "add", "--xml", file, ...(ha ? ["--ha"] : []), "--priority", String(priority), "--host", host.name, "--json", "--config", hosts[0]!.config]);
-  expect(added.stderr).toBe("");
-  const vm = JSON.parse(added.stdout) as { uuid: string; slot: number | null; xml: string };
-  if (vm.slot !== null) expect((await runFitha(["lease", "acquire", vm.uuid, "--slot", String(vm.slot), "--socket", host.socket])).exitCode).toBe(0);
-  await host.hypervisor.define(vm.xml);
-  await host.hypervisor.start(vm.uuid);
-  return vm.uuid;
-}
-
-async function runningOn(host: Host, uuids: readonly string[]): Promise<string[]> {
-  const domains = await host.hypervisor.listDomains().catch(() => []);
-  return domains.filter((d) => d.state === "running" && uuids.includes(d.uuid)).map((d) => d.uuid);
-}
 
 describe("recovery end to end", () => {
   test("host-1 dies: its HA VMs run on the other hosts, not before its leases expired; its plain VM stays", async () => {
-    const [host1, host2, host3] = hosts as [Host, Host, Host];
-    const ha = [await runVm(host1, "web-1", true, 5), await runVm(host1, "web-2", true, 9), await runVm(host1, "db-1", true, 1)];
-    const plain = await runVm(host1, "batch-1", false, 0);
+    const { admin, keys, runningOn } = cluster;
+    const [host1, host2, host3] = cluster.hosts as [ClusterHost, ClusterHost, ClusterHost];
+    const ha = [await cluster.runVm(host1, "web-1", { ha: true, priority: 5 }), await cluster.runVm(host1, "web-2", { ha: true, priority: 9 }), await cluster.runVm(host1, "db-1", { ha: true, priority: 1 })];
+    const plain = await cluster.runVm(host1, "batch-1", { ha: false });
     expect((await runningOn(host1, [...ha, plain])).sort()).toEqual([...ha, plain].sort());
 
     // host-1 dies: everything on it at once.
@@ -149,7 +61,8 @@ describe("recovery end to end", () => {
   }, 120_000);
 
   test("host-2 cut from every plane while its lockd still renews (seed cases 3, 4): it fences itself, its HA VMs move to host-3, never running on both", async () => {
-    const [, host2, host3] = hosts as [Host, Host, Host];
+    const { runningOn } = cluster;
+    const [, host2, host3] = cluster.hosts as [ClusterHost, ClusterHost, ClusterHost];
     const vms = (await runFitha(["vm", "list", "--json", "--config", host3.config])).stdout;
     const ha = (JSON.parse(vms) as { vms: Array<{ uuid: string; ha: boolean; host: string }> }).vms.filter((v) => v.ha && v.host === "host-2").map((v) => v.uuid);
     expect(ha.length).toBeGreaterThan(0);

@@ -384,6 +384,24 @@ describe("recovery on in-memory etcd and virtual time", () => {
     expect(perVm.size).toBe(vms.length);
     await lab.stop();
   });
+  test("a task's move to \"starting\" and its order are one write (no leader can stop in between); its result is removed with the task's next move", async () => {
+    const lab = new Lab();
+    await lab.setup(3);
+    const [vm] = await registerVms(lab, "host-1", [0]);
+    lab.setLinks("host-1", { management: "down", service: "down", storage: "down" });
+    await lab.clock.advance(ttlMs + graceMs + 2_000);
+    const task = (await lab.admin.management.get(keys.task(vm!)))!;
+    const orders = (await lab.admin.management.getPrefix(`${keys.prefix}/orders/`)).entries;
+    expect(orders).toHaveLength(1);
+    expect(orders[0]!.modRevision).toBe(task.modRevision);
+    await answerOrders(lab, () => done, []);
+    await lab.clock.advance(1_000);
+    const moved = (await lab.admin.management.get(keys.task(vm!)))!;
+    expect(JSON.parse(moved.value)).toMatchObject({ state: "done" });
+    expect((await lab.admin.management.getPrefix(`${keys.prefix}/order-results/`)).entries).toEqual([]);
+    expect((await lab.admin.management.getPrefix(`${keys.prefix}/orders/`)).entries).toEqual([]);
+    await lab.stop();
+  });
 });
 
 describe("fencing events on in-memory etcd and virtual time", () => {
