@@ -143,22 +143,26 @@ try {
   const diedAtMs = Date.now();
   process.stdout.write("waiting: heartbeats expire (3 s), grace (3 s), compute-2's leases can be taken 6 s after its last renewal...\n");
   const others = hosts.filter((h) => h !== compute2);
+  /** Per other host, how many of compute-2's HA VMs run there. */
   const runningElsewhere = async () => {
-    let count = 0;
+    const where = new Map<string, number>();
     for (const host of others) {
       const listing = await LibvirtHypervisor.open(host.libvirtd.uri);
-      count += (await listing.listDomains()).filter((d) => d.state === "running" && ha.includes(d.uuid)).length;
+      const count = (await listing.listDomains()).filter((d) => d.state === "running" && ha.includes(d.uuid)).length;
       await listing.close();
+      if (count > 0) where.set(host.name, count);
     }
-    return count;
+    return where;
   };
-  await until("compute-2's HA VMs running elsewhere", async () => (await runningElsewhere()) === ha.length, 60_000);
+  const total = (where: Map<string, number>) => [...where.values()].reduce((a, b) => a + b, 0);
+  await until("compute-2's HA VMs running elsewhere", async () => total(await runningElsewhere()) === ha.length, 60_000);
   process.stdout.write(`compute-2's ${ha.length} HA VMs run again, ${((Date.now() - diedAtMs) / 1000).toFixed(1)} s after it died\n`);
   await fitha("tasks", "--config", config);
   await fitha("vm", "list", "--config", config);
   await fitha("status", "--config", config);
 
-  step("Done: the HA VMs were healed onto compute-1 and compute-3; batch-1 (not HA) stayed with compute-2");
+  const where = [...(await runningElsewhere())].map(([host, count]) => `${host} (${count})`).join(" and ");
+  step(`Done: compute-2's HA VMs were healed onto ${where}; batch-1 (not HA) stayed with compute-2`);
   management.close();
 } finally {
   for (const child of daemons) await terminate(child, 3_000);
