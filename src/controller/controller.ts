@@ -49,6 +49,8 @@ export class Controller {
   readonly election: Election;
   #term: Term | undefined;
   #stopped = false;
+  /** Decision steps taken while leading, all terms (for tests and, later, metrics). */
+  stepsTaken = 0;
 
   constructor(
     readonly options: ControllerOptions,
@@ -380,6 +382,7 @@ class Term {
 
   async #step(): Promise<void> {
     if (!this.#leading) return;
+    this.controller.stepsTaken++;
     const { env } = this.controller;
     const nowMs = env.clock.nowMs();
     const result = this.core.step({

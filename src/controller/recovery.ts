@@ -127,7 +127,11 @@ export class RecoveryExecutor {
   #nextDueMs(nowMs: number): number | undefined {
     let dueMs: number | undefined;
     for (const { record: task } of this.tasks.values()) {
-      const atMs = task.state === "queued" || task.state === "retrying" ? task.notBeforeMs : task.state === "starting" ? task.updatedMs + startTimeoutMs : undefined;
+      // A task due already that this step could not start (limits, no room) waits for a change —
+      // a result, a setting, a host — which brings a step of its own: no wake-up for it, or the
+      // leader would step without pause for as long as tasks queue behind the limit.
+      const waiting = (task.state === "queued" || task.state === "retrying") && task.notBeforeMs > nowMs;
+      const atMs = waiting ? task.notBeforeMs : task.state === "starting" ? task.updatedMs + startTimeoutMs : undefined;
       if (atMs !== undefined) dueMs = dueMs === undefined ? atMs : Math.min(dueMs, atMs);
     }
     return dueMs === undefined ? undefined : Math.max(0, dueMs - nowMs);
