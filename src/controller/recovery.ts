@@ -30,6 +30,14 @@ const log = logger("recovery");
 
 /** An order without a result for this long is a failed attempt (the target's agent is gone or hung). */
 export const startTimeoutMs = 5 * 60_000;
+/**
+ * Tasks due but held back by the limits wait this long for another look. A freed slot normally
+ * brings a step by itself (the result that freed it); yet measured on the seed's scenario
+ * (scripts/bench/failover, limit 20), waiting for changes alone took ~6 s longer in all than
+ * this recheck: some freed slots come with no step of their own (not yet found). 100 ms bounds
+ * that wait at 10 steps a second, where an immediate wake-up stepped ~50 times a second.
+ */
+const blockedRecheckMs = 100;
 /** When a lease-held result does not say when the lease can be free: look again after this. */
 const leaseRecheckMs = 30_000;
 /**
@@ -127,11 +135,11 @@ export class RecoveryExecutor {
   #nextDueMs(nowMs: number): number | undefined {
     let dueMs: number | undefined;
     for (const { record: task } of this.tasks.values()) {
-      // A task due already that this step could not start (limits, no room) waits for a change —
-      // a result, a setting, a host — which brings a step of its own: no wake-up for it, or the
-      // leader would step without pause for as long as tasks queue behind the limit.
-      const waiting = (task.state === "queued" || task.state === "retrying") && task.notBeforeMs > nowMs;
-      const atMs = waiting ? task.notBeforeMs : task.state === "starting" ? task.updatedMs + startTimeoutMs : undefined;
+      // A task due already that this step could not start (limits, no room) is looked at again
+      // after blockedRecheckMs, not at once: the leader would otherwise step without pause for as
+      // long as tasks queue behind the limit.
+      const waiting = task.state === "queued" || task.state === "retrying";
+      const atMs = waiting ? Math.max(task.notBeforeMs, nowMs + blockedRecheckMs) : task.state === "starting" ? task.updatedMs + startTimeoutMs : undefined;
       if (atMs !== undefined) dueMs = dueMs === undefined ? atMs : Math.min(dueMs, atMs);
     }
     return dueMs === undefined ? undefined : Math.max(0, dueMs - nowMs);
