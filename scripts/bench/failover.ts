@@ -280,7 +280,7 @@ async function runScenario(limit: number, startS: number): Promise<ScenarioResul
   await forEachBounded(hosts, 4, async (host, i) => {
     const agent = await Agent.start(
       { host: host.name, addresses: { management: `10.1.0.${i + 1}`, storage: `10.2.0.${i + 1}`, service: `10.3.0.${i + 1}` }, agentVersion: "bench", maxHostId: 64 },
-      { clock: monotonicClock, now: () => new Date(), kv: host.links, keys, hypervisor: host.hypervisor, leases: new LockdVmLeases(host.socket, lockdRequestTimeoutMs), questions: new LockdSocketQuestions(host.socket, monotonicClock) },
+      { clock: monotonicClock, now: () => new Date(), kv: host.links, keys, hypervisor: host.hypervisor, leases: LockdVmLeases.overSocket(host.socket, lockdRequestTimeoutMs), questions: new LockdSocketQuestions(host.socket, monotonicClock) },
     );
     host.agent = agent;
     const args = ["lockd", "--lease-file", leaseFile, "--host-id", String(agent.hostId), "--host", host.name, "--socket", host.socket, "--state-dir", join(dir.path, host.name, "state"), "--hypervisor", "test:///default", "--io-timeout", String(ioTimeoutS), "--id-allocation", "unique", "--log-format", "json"];
@@ -299,7 +299,7 @@ async function runScenario(limit: number, startS: number): Promise<ScenarioResul
   await forEachBounded(vms, 8, async (vm) => {
     const record: VmRecord = await addVm(admin, keys, { definition: readDomainDefinition(xmlOf(vm.n)), ha: vm.ha, priority: vm.priority, group: "", host: vm.host.name }, { maxSlots: leaseSlots });
     if (record.slot !== null) {
-      const got = await new LockdVmLeases(vm.host.socket, lockdRequestTimeoutMs).acquire(record.uuid, record.slot);
+      const got = await LockdVmLeases.overSocket(vm.host.socket, lockdRequestTimeoutMs).acquire(record.uuid, record.slot);
       if (got.kind !== "acquired") throw new Error(`${record.name}: lease held by ${got.holder}`);
     }
     await vm.host.hypervisor.define(record.xml);

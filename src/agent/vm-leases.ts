@@ -8,7 +8,7 @@
  * opaque "hook script failed", and so that nothing is defined or started in that case.
  */
 import { FithaError } from "../errors.ts";
-import { askLockd, requestLockd } from "../lockd/client.ts";
+import { socketTransport, type LockdTransport } from "../lockd/client.ts";
 
 export type LeaseAcquisition =
   /** This host holds the lease now (it may have held it already: acquiring is idempotent). */
@@ -44,15 +44,20 @@ interface LockdOwner {
 
 export class LockdVmLeases implements VmLeases {
   constructor(
-    readonly socketPath: string,
-    /** Deadline of each request (src/cli/commands/hook.ts explains the 60 s an acquire may take). */
-    readonly timeoutMs: number,
+    /** Where lockd is, for messages: its socket path. */
+    readonly where: string,
+    readonly request: LockdTransport,
   ) {}
 
+  /** This host's lockd over its socket; each request bounded by `timeoutMs` (lockdRequestTimeoutMs explains the 60 s an acquire may take). */
+  static overSocket(socketPath: string, timeoutMs: number): LockdVmLeases {
+    return new LockdVmLeases(socketPath, socketTransport(socketPath, timeoutMs));
+  }
+
   async acquire(vm: string, slot: number): Promise<LeaseAcquisition> {
-    const reply = await requestLockd(this.socketPath, { op: "acquire", vm, slot }, this.timeoutMs);
+    const reply = await this.request({ op: "acquire", vm, slot });
     if (reply.ok) return { kind: "acquired" };
-    if (reply.error !== "held") throw new FithaError(`lockd at ${this.socketPath} refused to acquire the lease of ${vm} (slot ${slot}): ${reply.message}`);
+    if (reply.error !== "held") throw new FithaError(`lockd at ${this.where} refused to acquire the lease of ${vm} (slot ${slot}): ${reply.message}`);
     const owner = (typeof reply["owner"] === "object" && reply["owner"] !== null ? reply["owner"] : {}) as LockdOwner;
     const holder = typeof owner.host_name === "string" && owner.host_name !== "" ? owner.host_name : typeof owner.host_id === "number" ? `host id ${owner.host_id}` : "another host";
     const deadInMs = owner.dead_in_ms;
@@ -61,7 +66,8 @@ export class LockdVmLeases implements VmLeases {
   }
 
   async release(vm: string, slot: number): Promise<boolean> {
-    const reply = await askLockd(this.socketPath, { op: "release", vm, slot }, this.timeoutMs);
+    const reply = await this.request({ op: "release", vm, slot });
+    if (!reply.ok) throw new FithaError(`lockd at ${this.where} refused to release the lease of ${vm} (slot ${slot}): ${reply.message}`);
     return reply["released"] === true;
   }
 }

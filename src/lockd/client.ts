@@ -1,10 +1,11 @@
-/** Talking to a running lockd over its unix socket: one request, one reply, with a deadline. */
+/** Talking to a lockd: over its unix socket (one request, one reply, with a deadline), or in process. */
 import { ExitCode, FithaError } from "../errors.ts";
-import type { Answer, Reply } from "./protocol.ts";
+import type { Answer, Reply, Request } from "./protocol.ts";
 
 export const defaultSocketPath = "/run/fitha/lockd.sock";
 
-type RequestBody =
+/** A request to lockd, without the id the wire protocol adds. */
+export type LockdRequest =
   | { op: "acquire" | "release"; vm: string; slot: number }
   | { op: "inquire"; slot: number }
   | { op: "status" }
@@ -21,7 +22,7 @@ export class LockdUnavailableError extends FithaError {
   }
 }
 
-export async function requestLockd(socketPath: string, body: RequestBody, timeoutMs: number): Promise<Reply> {
+export async function requestLockd(socketPath: string, body: LockdRequest, timeoutMs: number): Promise<Reply> {
   const id = 1;
   return await new Promise<Reply>((resolve, reject) => {
     let buffered = "";
@@ -66,8 +67,24 @@ export async function requestLockd(socketPath: string, body: RequestBody, timeou
   });
 }
 
+/**
+ * How a client reaches a lockd: one request, one reply. Over its unix socket in the daemons; in
+ * process (a LockDaemon in memory, on virtual time) in tests and the simulator.
+ */
+export type LockdTransport = (body: LockdRequest) => Promise<Reply>;
+
+export function socketTransport(socketPath: string, timeoutMs: number): LockdTransport {
+  return (body) => requestLockd(socketPath, body, timeoutMs);
+}
+
+/** A LockDaemon in this process: its protocol entry point, with the ids the socket server would add. */
+export function inProcessTransport(daemon: { handle(request: Request): Promise<Reply> }): LockdTransport {
+  let lastId = 0;
+  return (body) => daemon.handle({ id: ++lastId, ...body });
+}
+
 /** lockd's answer to a request it granted; a refusal is thrown as a FithaError (exit 3 when held elsewhere). */
-export async function askLockd(socketPath: string, body: RequestBody, timeoutMs: number): Promise<Extract<Reply, { ok: true }>> {
+export async function askLockd(socketPath: string, body: LockdRequest, timeoutMs: number): Promise<Extract<Reply, { ok: true }>> {
   const reply = await requestLockd(socketPath, body, timeoutMs);
   if (reply.ok) return reply;
   throw new FithaError(reply.message, reply.error === "held" ? ExitCode.heldElsewhere : reply.error === "bad-request" ? ExitCode.usage : ExitCode.failed);

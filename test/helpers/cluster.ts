@@ -152,7 +152,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
         const definition = readDomainDefinition(vm.memoryKiB === undefined ? xml : xml.replace("65536", String(vm.memoryKiB)));
         const record = await addVm(admin!, keys, { definition, ha: vm.ha, priority: vm.priority ?? 0, group: "", host: host.name });
         if (record.slot !== null) {
-          const acquired = await new LockdVmLeases(host.socket, lockdRequestTimeoutMs).acquire(record.uuid, record.slot);
+          const acquired = await LockdVmLeases.overSocket(host.socket, lockdRequestTimeoutMs).acquire(record.uuid, record.slot);
           if (acquired.kind !== "acquired") throw new Error(`${name}: its lease is held by ${acquired.holder}`);
         }
         await host.hypervisor.define(record.xml);

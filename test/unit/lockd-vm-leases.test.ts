@@ -26,7 +26,7 @@ afterAll(() => {
 });
 
 const vm = "6c1a2b3c-0000-4000-8000-000000000001";
-const leases = new LockdVmLeases(socketPath, 2_000);
+const leases = LockdVmLeases.overSocket(socketPath, 2_000);
 
 test("acquired; held by a named host with a free-in time; held by an unnamed one with none", async () => {
   next = { ok: true, lver: 3, already: false };

@@ -36,7 +36,7 @@ export const agentCommand = defineCommand({
           kv,
           keys: keys(config.etcd.prefix),
           hypervisor,
-          leases: new LockdVmLeases(config.host.lockd_socket, lockdRequestTimeoutMs),
+          leases: LockdVmLeases.overSocket(config.host.lockd_socket, lockdRequestTimeoutMs),
           questions: new LockdSocketQuestions(config.host.lockd_socket, monotonicClock),
         },
       );
