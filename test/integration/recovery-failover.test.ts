@@ -81,7 +81,10 @@ describe("controller failover during a recovery", () => {
     const starts = await startsByVm([host2, host3]);
     expect([...starts.keys()].sort()).toEqual([...vms].sort());
     expect([...starts.values()].every((n) => n === 1)).toBe(true);
-    const recovered = (await listEvents(admin, keys, { limit: 10_000 })).events.filter((e) => e.record.kind === "vm-recovered");
+    // The controller applies the last results (and writes their events) just after the VMs run.
+    const recoveredEvents = async () => (await listEvents(admin, keys, { limit: 10_000 })).events.filter((e) => e.record.kind === "vm-recovered");
+    await eventually(`${vmCount} vm-recovered events`, async () => (await recoveredEvents()).length >= vmCount, 10_000, 100);
+    const recovered = await recoveredEvents();
     expect(recovered).toHaveLength(vmCount);
     const byWhom = new Set(recovered.map((e) => e.record.by));
     expect(byWhom).toEqual(new Set([`controller@${first}`, `controller@${leader}`]));

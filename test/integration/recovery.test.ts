@@ -48,6 +48,12 @@ describe("recovery end to end", () => {
     expect(elsewhere.sort()).toEqual([...ha].sort());
     // Each exactly once: no VM on both.
     expect(new Set(elsewhere).size).toBe(ha.length);
+    // The controller applies the agents' results, and updates the registry, just after the VMs run.
+    const settled = async (uuid: string) => {
+      const [task, vm] = [await readRecord(admin, keys.task(uuid), taskRecord), await readRecord(admin, keys.vm(uuid), vmRecord)];
+      return task !== undefined && "record" in task && task.record.state === "done" && vm !== undefined && "record" in vm && vm.record.host !== "host-1";
+    };
+    await eventually("tasks done and the registry updated", async () => (await Promise.all(ha.map(settled))).every(Boolean), 10_000, 100);
     for (const uuid of ha) {
       const task = await readRecord(admin, keys.task(uuid), taskRecord);
       expect(task !== undefined && "record" in task ? task.record.state : undefined).toBe("done");

@@ -109,8 +109,10 @@ describe("lost storage end to end", () => {
     expect(overlap).toBe(false);
     expect(await cluster.runningOn(host1, ha)).toEqual([]);
     expect((await fencingAnswers()).get("host-1")).toContain("fence");
-    const tasks = (await cluster.admin.getPrefix(cluster.keys.tasksPrefix)).entries.map((e) => taskRecord(JSON.parse(e.value), e.key)).filter((t) => ha.includes(t.vm));
-    expect(tasks.map((t) => [t.source, t.state])).toEqual(ha.map(() => ["host-1", "done"]));
+    // The controller applies the agents' results just after the VMs run.
+    const tasks = async () => (await cluster.admin.getPrefix(cluster.keys.tasksPrefix)).entries.map((e) => taskRecord(JSON.parse(e.value), e.key)).filter((t) => ha.includes(t.vm));
+    await eventually("host-1's tasks done", async () => (await tasks()).every((t) => t.state === "done"), 10_000, 100);
+    expect((await tasks()).map((t) => [t.source, t.state])).toEqual(ha.map(() => ["host-1", "done"]));
     // The storage returns: host-1's lockd finds its leases taken and holds nothing; the VMs stay where they were recovered.
     await cgroups.get(host1.name)!.release(loop.majorMinor);
     await Bun.sleep(3_000);
