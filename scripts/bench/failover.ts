@@ -35,6 +35,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { clockBoottimeMs } from "../../ffi/libc.ts";
 import { Agent } from "../../src/agent/agent.ts";
+import { forEachConcurrently } from "../../src/concurrently.ts";
 import { LockdSocketQuestions } from "../../src/agent/lockd-questions.ts";
 import { LockdVmLeases, lockdRequestTimeoutMs } from "../../src/agent/vm-leases.ts";
 import { logLevels, planes, type LogLevel, type Plane } from "../../src/config/fitha-config.ts";
@@ -198,19 +199,6 @@ const runTimer = setTimeout(() => {
   void (cleaning ??= cleanupScenario()).finally(() => process.exit(1));
 }, maxRunMs);
 
-/** Runs `work` on every item, `concurrency` at a time. */
-async function forEachBounded<T>(items: readonly T[], concurrency: number, work: (item: T, index: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(concurrency, items.length) }, async () => {
-      while (next < items.length) {
-        const index = next++;
-        await work(items[index]!, index);
-      }
-    }),
-  );
-}
-
 function uuidOf(n: number): string {
   return `b0000000-0000-4000-8000-${String(n).padStart(12, "0")}`;
 }
@@ -277,7 +265,7 @@ async function runScenario(limit: number, startS: number): Promise<ScenarioResul
       socket: join(dir.path, name, "lockd.sock"),
     });
   }
-  await forEachBounded(hosts, 4, async (host, i) => {
+  await forEachConcurrently(hosts.entries(), 4, async ([i, host]) => {
     const agent = await Agent.start(
       { host: host.name, addresses: { management: `10.1.0.${i + 1}`, storage: `10.2.0.${i + 1}`, service: `10.3.0.${i + 1}` }, agentVersion: "bench", maxHostId: 64 },
       { clock: monotonicClock, now: () => new Date(), kv: host.links, keys, hypervisor: host.hypervisor, leases: LockdVmLeases.overSocket(host.socket, lockdRequestTimeoutMs), questions: new LockdSocketQuestions(host.socket, monotonicClock) },
@@ -296,7 +284,7 @@ async function runScenario(limit: number, startS: number): Promise<ScenarioResul
     const ha = i < haCount;
     return { n: i + 1, ha, host: ha ? failing[i % failedCount]! : surviving[(i - haCount) % survivors]!, priority: (i * 7) % 10 };
   });
-  await forEachBounded(vms, 8, async (vm) => {
+  await forEachConcurrently(vms, 8, async (vm) => {
     const record: VmRecord = await addVm(admin, keys, { definition: readDomainDefinition(xmlOf(vm.n)), ha: vm.ha, priority: vm.priority, group: "", host: vm.host.name }, { maxSlots: leaseSlots });
     if (record.slot !== null) {
       const got = await LockdVmLeases.overSocket(vm.host.socket, lockdRequestTimeoutMs).acquire(record.uuid, record.slot);

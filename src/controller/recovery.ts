@@ -206,9 +206,8 @@ export class RecoveryExecutor {
   async #expireStarts(nowMs: number): Promise<void> {
     const expired = [...this.tasks.values()].filter(({ record: t }) => t.state === "starting" && nowMs - t.updatedMs >= startTimeoutMs);
     await forEachConcurrently(expired, writeConcurrency, async ({ record: t, modRevision }) => {
-      if (await this.#writeTask(startFailed(t, `no answer from the agent of ${t.target} within ${startTimeoutMs} ms`, nowMs), modRevision)) {
-        await this.#delete(this.env.keys.order(t.target!, t.vm));
-      }
+      // The unanswered order goes with the task's move, in one transaction.
+      await this.#writeTask(startFailed(t, `no answer from the agent of ${t.target} within ${startTimeoutMs} ms`, nowMs), modRevision, { deletes: [this.env.keys.order(t.target!, t.vm)] });
     });
   }
 

@@ -148,8 +148,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       hosts,
       controllers,
       async runVm(host, name, vm) {
-        const xml = domainXml(name);
-        const definition = readDomainDefinition(vm.memoryKiB === undefined ? xml : xml.replace("65536", String(vm.memoryKiB)));
+        const definition = readDomainDefinition(domainXml(name, undefined, vm.memoryKiB));
         const record = await addVm(admin!, keys, { definition, ha: vm.ha, priority: vm.priority ?? 0, group: "", host: host.name });
         if (record.slot !== null) {
           const acquired = await LockdVmLeases.overSocket(host.socket, lockdRequestTimeoutMs).acquire(record.uuid, record.slot);

@@ -17,11 +17,11 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "./tmp.ts";
 
-/** Domain XML that libvirt's test driver accepts (it needs a memory size and an OS type). */
-export function domainXml(name: string, uuid?: string): string {
+/** Domain XML that libvirt's test driver accepts (it needs a memory size, 64 MiB unless given, and an OS type). */
+export function domainXml(name: string, uuid?: string, memoryKiB = 65_536): string {
   return `<domain type='test'>
   <name>${name}</name>${uuid === undefined ? "" : `\n  <uuid>${uuid}</uuid>`}
-  <memory unit='KiB'>65536</memory>
+  <memory unit='KiB'>${memoryKiB}</memory>
   <os><type>hvm</type></os>
 </domain>`;
 }

@@ -20,6 +20,7 @@ import { listEvents } from "../../src/store/events.ts";
 import { MemoryHypervisor } from "../../src/virt/memory-hypervisor.ts";
 import { readDomainDefinition } from "../../src/virt/domain-definition.ts";
 import { addVm } from "../../src/store/vm-registry.ts";
+import { startTimeoutMs } from "../../src/controller/recovery.ts";
 import { orderResult as orderResultCodec, taskRecord, type OrderResult } from "../../src/store/records.ts";
 
 beforeAll(() => configureLogging({ level: "error", format: "json", stream: new Writable({ write: (_chunk, _encoding, done) => done() }) }));
@@ -403,6 +404,24 @@ describe("recovery on in-memory etcd and virtual time", () => {
     expect(JSON.parse(moved.value)).toMatchObject({ state: "done" });
     expect((await lab.admin.management.getPrefix(`${keys.prefix}/order-results/`)).entries).toEqual([]);
     expect((await lab.admin.management.getPrefix(`${keys.prefix}/orders/`)).entries).toEqual([]);
+    await lab.stop();
+  });
+  test("an order no agent answers within the start timeout is a failed attempt; the order goes with the task's move", async () => {
+    const lab = new Lab();
+    await lab.setup(3);
+    const [vm] = await registerVms(lab, "host-1", [0]);
+    lab.setLinks("host-1", { management: "down", service: "down", storage: "down" });
+    await lab.clock.advance(ttlMs + graceMs + 2_000);
+    const target = ((await tasks(lab)).get(vm!)!).target!;
+    expect(await lab.admin.management.get(keys.order(target, vm!))).toBeDefined();
+    await lab.clock.advance(startTimeoutMs - 5_000);
+    expect((await tasks(lab)).get(vm!)).toMatchObject({ state: "starting", attempts: 0 });
+    await lab.clock.advance(6_000);
+    const moved = (await lab.admin.management.get(keys.task(vm!)))!;
+    expect(JSON.parse(moved.value)).toMatchObject({ attempts: 1, tried: [target] });
+    // Gone in the same revision as the move (the retry, 2 s later, may order it again elsewhere).
+    const history = (await lab.admin.management.getPrefix(`${keys.prefix}/orders/`)).entries;
+    expect(history.every((e) => e.key !== keys.order(target, vm!) || e.modRevision > moved.modRevision)).toBe(true);
     await lab.stop();
   });
 });
