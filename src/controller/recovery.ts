@@ -17,10 +17,10 @@ import type { Candidate } from "../core/placement.ts";
 import type { RuntimeSettings } from "../core/settings.ts";
 import { errorMessage } from "../errors.ts";
 import { logger } from "../log.ts";
-import { appendEvent } from "../store/events.ts";
+import { appendEvent, eventWrite } from "../store/events.ts";
 import type { Keys } from "../store/keys.ts";
 import { KvError, type AlsoWrites, type Kv, type KvEntry } from "../store/kv.ts";
-import { hostRecord, orderResult, recoveryRequest, taskRecord, vmRecord, vmStateRecord, type EventKind, type HostRecord, type OrderResult, type RecoveryRequest, type VmOrder, type VmRecord, type VmStateRecord } from "../store/records.ts";
+import { hostRecord, orderResult, recoveryRequest, taskRecord, vmRecord, vmStateRecord, type EventKind, type EventRecord, type HostRecord, type OrderResult, type RecoveryRequest, type VmOrder, type VmRecord, type VmStateRecord } from "../store/records.ts";
 import { decodeEntry } from "../store/typed.ts";
 import { PrefixWatcher } from "../store/watcher.ts";
 import type { Codec } from "../store/codec.ts";
@@ -112,6 +112,7 @@ export class RecoveryExecutor {
     await this.#plan(nowMs);
     await this.#closeStorageRequests();
     await followUps;
+    await this.#registryCatchUp();
     return { nextDueInMs: this.#nextDueMs(nowMs) };
   }
 
@@ -129,6 +130,19 @@ export class RecoveryExecutor {
       });
       if (open.length === 0) await this.#delete(this.env.keys.recoveryRequest(host));
     }
+  }
+
+  /**
+   * The registry follows a done task (setVmHost, after the task's move): a leader that stopped
+   * in between left it behind, and the next one brings it up to date. A registry change made
+   * after the task's (an operator's) is left alone.
+   */
+  async #registryCatchUp(): Promise<void> {
+    const behind = [...this.tasks.values()].filter(({ record: t, unconfirmed }) => {
+      const vm = this.vms.get(t.vm)?.record;
+      return unconfirmed !== true && t.state === "done" && vm !== undefined && vm.host !== t.target && Date.parse(vm.updatedAt) < t.updatedMs;
+    });
+    await forEachConcurrently(behind, writeConcurrency, ({ record: t }) => this.#setVmHost(t.vm, t.target!));
   }
 
   /** When a task needs a look with nothing else happening: a backoff or a lease wait ending, a start timing out. */
@@ -180,27 +194,31 @@ export class RecoveryExecutor {
             : outcome === "lease-held"
               ? leaseHeld(task.record, nowMs + (result.record.freeInMs ?? leaseRecheckMs), result.record.holder ?? "another host", nowMs)
               : startFailed(task.record, reason, nowMs);
-        // The result and its order go with the task's move, in one transaction.
-        if (!(await this.#writeTask(next, task.modRevision, { deletes: handled }))) return;
+        // The result and its order go with the task's move, in one transaction, and so does its
+        // event: a leader that stops right after the move cannot leave it unrecorded.
+        const event = this.#resultEvent(next, outcome, host);
+        if (!(await this.#writeTask(next, task.modRevision, { deletes: handled, puts: event === undefined ? [] : [eventWrite(this.env.keys, event)] }))) return;
       } else {
         // Stale (a task that moved on): done with — before this step plans, which may order the
         // same VM to the same host again.
         if (!this.env.leading()) return;
         await Promise.all(handled.map((k) => this.#delete(k)));
       }
-      // The registry and the event need not hold up the next orders. Neither throws (each logs its failure).
+      // The registry need not hold up the next orders. It does not throw (it logs its failure).
       if (next?.state === "done") followUps.push(this.#setVmHost(vm, host));
-      if (next !== undefined) followUps.push(this.#resultEvent(next, outcome, host));
     });
     // Wrapped: an async function's returned promise would be awaited with it.
     return { followUps: Promise.all(followUps) };
   }
 
-  async #resultEvent(task: RecoveryTask, outcome: OrderResult["outcome"], host: string): Promise<void> {
+  /** The event a task's move on a result makes, if any. */
+  #resultEvent(task: RecoveryTask, outcome: OrderResult["outcome"], host: string): EventRecord | undefined {
     const name = this.#vmName(task.vm);
-    if (task.state === "done") await this.#event("vm-recovered", host, `${name} runs on ${host} (from ${task.source})`);
-    else if (task.state === "failed") await this.#event("recovery-failed", task.source, `${name}: ${task.reason}`);
-    else if (outcome === "lease-held") await this.#event("recovery-waiting", task.source, `${name}: ${task.reason}`);
+    const event = (kind: EventKind, about: string, reason: string) => this.#eventRecord(kind, about, reason);
+    if (task.state === "done") return event("vm-recovered", host, `${name} runs on ${host} (from ${task.source})`);
+    if (task.state === "failed") return event("recovery-failed", task.source, `${name}: ${task.reason}`);
+    if (outcome === "lease-held") return event("recovery-waiting", task.source, `${name}: ${task.reason}`);
+    return undefined;
   }
 
   async #expireStarts(nowMs: number): Promise<void> {
@@ -332,9 +350,11 @@ export class RecoveryExecutor {
 
   async #event(kind: EventKind, host: string | null, reason: string): Promise<void> {
     if (!this.env.leading()) return;
-    await appendEvent(this.env.kv, this.env.keys, { time: this.env.now().toISOString(), kind, host, reason, by: `controller@${this.env.name}` }).catch((error: unknown) =>
-      log.warn("could not record an event", { kind, error: errorMessage(error) }),
-    );
+    await appendEvent(this.env.kv, this.env.keys, this.#eventRecord(kind, host, reason)).catch((error: unknown) => log.warn("could not record an event", { kind, error: errorMessage(error) }));
+  }
+
+  #eventRecord(kind: EventKind, host: string | null, reason: string): EventRecord {
+    return { time: this.env.now().toISOString(), kind, host, reason, by: `controller@${this.env.name}` };
   }
 
   /** Mirrors a prefix into `into`, keyed by `keyOf` of each record; bad values are logged and skipped. */

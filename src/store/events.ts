@@ -41,6 +41,16 @@ function timePart(timeMs: number): string {
   return String(timeMs).padStart(timeDigits, "0");
 }
 
+/**
+ * `event` as a write under a fresh sequence, to go in another write's transaction (Kv's also-writes):
+ * recorded exactly when that write is. A put, not a create: the random suffix makes a taken
+ * sequence as unlikely as appendEvent's retries assume.
+ */
+export function eventWrite(keys: Keys, event: EventRecord, random: () => number = Math.random): { readonly key: string; readonly value: string } {
+  eventRecord(JSON.parse(JSON.stringify(event)), "the event to append");
+  return { key: keys.event(eventSequence(Date.parse(event.time), random)), value: JSON.stringify(event) };
+}
+
 /** Appends `event` (checked against its codec first: a bad record is a bug here, not a surprise for readers); returns its sequence. */
 export async function appendEvent(kv: Kv, keys: Keys, event: EventRecord, random: () => number = Math.random): Promise<string> {
   const timeMs = Date.parse(event.time);

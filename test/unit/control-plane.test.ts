@@ -21,6 +21,7 @@ import { MemoryHypervisor } from "../../src/virt/memory-hypervisor.ts";
 import { readDomainDefinition } from "../../src/virt/domain-definition.ts";
 import { addVm } from "../../src/store/vm-registry.ts";
 import { startTimeoutMs } from "../../src/controller/recovery.ts";
+import { newTask, type RecoveryTask } from "../../src/core/recovery-tasks.ts";
 import { orderResult as orderResultCodec, taskRecord, type OrderResult } from "../../src/store/records.ts";
 
 beforeAll(() => configureLogging({ level: "error", format: "json", stream: new Writable({ write: (_chunk, _encoding, done) => done() }) }));
@@ -422,6 +423,16 @@ describe("recovery on in-memory etcd and virtual time", () => {
     // Gone in the same revision as the move (the retry, 2 s later, may order it again elsewhere).
     const history = (await lab.admin.management.getPrefix(`${keys.prefix}/orders/`)).entries;
     expect(history.every((e) => e.key !== keys.order(target, vm!) || e.modRevision > moved.modRevision)).toBe(true);
+    await lab.stop();
+  });
+  test("a leader that stopped right after a task's move to done left the registry behind: the next one brings it up to date", async () => {
+    const lab = new Lab();
+    await lab.setup(3);
+    const [vm] = await registerVms(lab, "host-1", [0]);
+    const task: RecoveryTask = { ...newTask(vm!, "host-1", lab.now().getTime() + 1, "host host-1 failed"), state: "done", target: "host-3" };
+    await lab.admin.management.put(keys.task(vm!), JSON.stringify(task));
+    await lab.clock.advance(1_000);
+    expect(JSON.parse((await lab.admin.management.get(keys.vm(vm!)))!.value)).toMatchObject({ host: "host-3" });
     await lab.stop();
   });
 });
