@@ -12,7 +12,7 @@
  *   (O_DIRECT), so every recovered VM's lease is a real Disk Paxos acquire, refused ("held")
  *   until the failed host is dead by the lease algorithm;
  * - per host the real Agent (src/agent/agent.ts) in this process, talking to its lockd over its
- *   socket (LockdVmLeases, LockdSocketQuestions) and to etcd through a link the bench can cut
+ *   socket (LockdVmLeases, LockdQuestionsClient) and to etcd through a link the bench can cut
  *   (link-kv.ts; the agents share a few etcd clients per plane); its hypervisor is in memory
  *   (MemoryHypervisor with startMs = the start time), the one part that is not real: libvirt's
  *   test driver cannot take 30 s to start a VM, and 38 libvirtds would measure libvirtd.
@@ -36,7 +36,7 @@ import { parseArgs } from "node:util";
 import { clockBoottimeMs } from "../../ffi/libc.ts";
 import { Agent } from "../../src/agent/agent.ts";
 import { forEachConcurrently } from "../../src/concurrently.ts";
-import { LockdSocketQuestions } from "../../src/agent/lockd-questions.ts";
+import { LockdQuestionsClient } from "../../src/agent/lockd-questions.ts";
 import { LockdVmLeases, lockdRequestTimeoutMs } from "../../src/agent/vm-leases.ts";
 import { logLevels, planes, type LogLevel, type Plane } from "../../src/config/fitha-config.ts";
 import { monotonicClock } from "../../src/core/clock.ts";
@@ -268,7 +268,7 @@ async function runScenario(limit: number, startS: number): Promise<ScenarioResul
   await forEachConcurrently(hosts.entries(), 4, async ([i, host]) => {
     const agent = await Agent.start(
       { host: host.name, addresses: { management: `10.1.0.${i + 1}`, storage: `10.2.0.${i + 1}`, service: `10.3.0.${i + 1}` }, agentVersion: "bench", maxHostId: 64 },
-      { clock: monotonicClock, now: () => new Date(), kv: host.links, keys, hypervisor: host.hypervisor, leases: LockdVmLeases.overSocket(host.socket, lockdRequestTimeoutMs), questions: new LockdSocketQuestions(host.socket, monotonicClock) },
+      { clock: monotonicClock, now: () => new Date(), kv: host.links, keys, hypervisor: host.hypervisor, leases: LockdVmLeases.overSocket(host.socket, lockdRequestTimeoutMs), questions: LockdQuestionsClient.overSocket(host.socket, monotonicClock) },
     );
     host.agent = agent;
     const args = ["lockd", "--lease-file", leaseFile, "--host-id", String(agent.hostId), "--host", host.name, "--socket", host.socket, "--state-dir", join(dir.path, host.name, "state"), "--hypervisor", "test:///default", "--io-timeout", String(ioTimeoutS), "--id-allocation", "unique", "--log-format", "json"];

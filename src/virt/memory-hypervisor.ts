@@ -26,6 +26,11 @@ export interface MemoryHypervisorOptions {
   readonly newUuid?: () => string;
   /** Times start()'s boot wait (startMs); default the machine's monotonic clock. The simulator passes its virtual one. */
   readonly clock?: Clock;
+  /**
+   * Called whenever a domain starts or stops running (start, destroy, crash), synchronously, in
+   * the same turn: the simulator checks "never running on two hosts" at the instant it changes.
+   */
+  readonly onRunning?: (domain: { readonly name: string; readonly uuid: string }, running: boolean) => void;
 }
 
 export interface InjectedFailure {
@@ -66,6 +71,7 @@ export class MemoryHypervisor implements Hypervisor {
   #failures: PendingFailure[] = [];
   #closed = false;
   readonly #clock: Clock;
+  readonly #onRunning: MemoryHypervisorOptions["onRunning"];
   /**
    * How long a start takes before the domain runs (a guest's boot, as a real start would be
    * waited for): 0 by default; benches and tests set it, at any time.
@@ -77,6 +83,7 @@ export class MemoryHypervisor implements Hypervisor {
     this.#clock = options.clock ?? monotonicClock;
     this.#node = options.node ?? defaultNode;
     this.#newUuid = options.newUuid ?? (() => crypto.randomUUID());
+    this.#onRunning = options.onRunning;
   }
 
   async listDomains(): Promise<DomainInfo[]> {
@@ -116,17 +123,19 @@ export class MemoryHypervisor implements Hypervisor {
   async start(nameOrUuid: string): Promise<void> {
     const domain = this.#domainFor("start", nameOrUuid);
     if (isActive(domain)) throw this.#error("start", nameOrUuid, "invalid-state", "Requested operation is not valid: domain is already running");
-    if (this.startMs === 0) {
-      domain.state = "running";
-      return;
-    }
+    if (this.startMs === 0) return this.#running(domain);
     await this.#clock.sleep(this.startMs);
     // Found again (injected failures were taken already): it may have been undefined, or started by another call, meanwhile.
     this.#checkOpen("start", nameOrUuid);
     const booted = this.#find(domain.uuid);
     if (booted === undefined) throw this.#error("start", nameOrUuid, "no-domain", "Domain not found");
     if (isActive(booted)) throw this.#error("start", nameOrUuid, "invalid-state", "Requested operation is not valid: domain is already running");
-    booted.state = "running";
+    this.#running(booted);
+  }
+
+  #running(domain: Domain): void {
+    domain.state = "running";
+    this.#onRunning?.({ name: domain.name, uuid: domain.uuid }, true);
   }
 
   async destroy(nameOrUuid: string): Promise<void> {
@@ -168,6 +177,11 @@ export class MemoryHypervisor implements Hypervisor {
     this.#failures.push({ operation, target: normalized(nameOrUuid), remaining: times, message: failure.message ?? "injected failure", kind: failure.kind ?? "failed" });
   }
 
+  /** The UUIDs of the domains that run (or are paused) now. */
+  activeUuids(): string[] {
+    return [...this.#domains.values()].filter(isActive).map((domain) => domain.uuid);
+  }
+
   /** Forgets every injected failure not yet used. */
   clearFailures(): void {
     this.#failures = [];
@@ -188,6 +202,7 @@ export class MemoryHypervisor implements Hypervisor {
   #stopped(domain: Domain, state: "shutoff" | "crashed" = "shutoff"): void {
     if (domain.persistent) domain.state = state;
     else this.#domains.delete(domain.uuid);
+    this.#onRunning?.({ name: domain.name, uuid: domain.uuid }, false);
   }
 
   /** The domain an operation acts on, after the checks every such operation makes. */

@@ -13,7 +13,7 @@ import { encodeRecord } from "../../src/lease/records.ts";
 import { requestLockd } from "../../src/lockd/client.ts";
 import type { LockdEvent } from "../../src/lockd/protocol.ts";
 import { LibvirtHypervisor } from "../../src/virt/libvirt-hypervisor.ts";
-import { LockdSocketQuestions } from "../../src/agent/lockd-questions.ts";
+import { LockdQuestionsClient } from "../../src/agent/lockd-questions.ts";
 import { monotonicClock } from "../../src/core/clock.ts";
 import { attachLoop, createBlkioCgroup, removeLeftovers } from "../helpers/block-device.ts";
 import { daemonCommand, runFitha } from "../helpers/fitha.ts";
@@ -252,7 +252,7 @@ async function hungStorage(body: (hung: HungStorage) => Promise<void>): Promise<
   const hungAtMs = Date.now();
   // The agent's way in (src/agent/lockd-questions.ts) sees the same question.
   const bridged: number[] = [];
-  const agentSide = new LockdSocketQuestions(h.socket, monotonicClock);
+  const agentSide = LockdQuestionsClient.overSocket(h.socket, monotonicClock);
   const subscription = agentSide.subscribe((q) => bridged.push(q.question));
   cleanup.defer(() => subscription.close());
   await eventually("a fencing question at renewal-warn", async () => events.some((e) => e.event === "question"), 6_000);

@@ -9,7 +9,7 @@ import { KvError } from "../../store/kv.ts";
 import { buildInfo } from "../../version.ts";
 import { HypervisorError } from "../../virt/hypervisor.ts";
 import { WorkerHypervisor } from "../../virt/worker-hypervisor.ts";
-import { LockdSocketQuestions } from "../../agent/lockd-questions.ts";
+import { LockdQuestionsClient } from "../../agent/lockd-questions.ts";
 import { LockdVmLeases, lockdRequestTimeoutMs } from "../../agent/vm-leases.ts";
 import { configArg, logArgs } from "../args.ts";
 import { loadCommandConfig } from "../command-config.ts";
@@ -37,7 +37,7 @@ export const agentCommand = defineCommand({
           keys: keys(config.etcd.prefix),
           hypervisor,
           leases: LockdVmLeases.overSocket(config.host.lockd_socket, lockdRequestTimeoutMs),
-          questions: new LockdSocketQuestions(config.host.lockd_socket, monotonicClock),
+          questions: LockdQuestionsClient.overSocket(config.host.lockd_socket, monotonicClock),
         },
       );
     } catch (error) {
