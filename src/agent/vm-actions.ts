@@ -116,7 +116,7 @@ export class VmActions {
   /**
    * Stops the VM here (hard: destroy) and then releases its lease if it has a slot (HA now or
    * before: a lease taken while it was HA may still be held). A destroy that fails leaves the
-   * lease held: the VM may still run.
+   * lease held: the VM may still run. Call inside exclusive(), as start().
    */
   async stop(vm: string, slot: number | null): Promise<string> {
     // Before the destroy: the watch must not take the coming shutoff for a crash.

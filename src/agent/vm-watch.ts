@@ -5,11 +5,13 @@
  * nothing. A failing hypervisor or etcd is logged and the round tried again at the next tick:
  * what was not written is still different next time.
  *
- * Restart in place: an HA VM of this host (registry: ha, host = this host) seen going from
- * running to crashed, or to shutoff without fitha having stopped it, is started again here,
- * under its lease (vm-actions.ts) — unless another host holds that lease now, which means the
- * VM is being recovered elsewhere. Only transitions seen by this process count: after an agent
- * restart, a VM found crashed is the controller's business, not this watch's.
+ * Restart in place: an HA VM of this host (registry: ha, host = this host) found crashed, or shut
+ * off without fitha having stopped it, is started again here, under its lease (vm-actions.ts) —
+ * unless another host holds that lease now, which means the VM is being recovered elsewhere.
+ * This is level-triggered: a VM that is down is tried again (with a backoff from 10 s to 5 min),
+ * also when it went down while this agent or lockd was not running (the watchdog stopped it,
+ * lockd fenced it, the host rebooted): nobody else restarts a VM whose host is healthy.
+ * The lease keeps it safe: a VM running elsewhere has its lease held there.
  */
 import { errorMessage } from "../errors.ts";
 import { logger } from "../log.ts";
@@ -30,6 +32,8 @@ const log = logger("agent");
 export const vmPollIntervalMs = 2_000;
 /** Domains considered per round; more on one host is a misconfiguration, and the rest are skipped (logged). */
 export const maxDomains = 10_000;
+/** Restarts in place of one VM that is down: the first at once, then after 10 s, doubling up to 5 min. */
+export const restartBackoffMs = { first: 10_000, max: 300_000 } as const;
 
 export type VmWatchOptions = AgentVmContext;
 
@@ -41,7 +45,10 @@ export class VmWatch {
   #reported: Map<string, Reported> | undefined;
   /** Each domain's state at the previous successful listing; undefined before the first. */
   #seen: Map<string, DomainState> | undefined;
-  readonly #restarts = new Set<Promise<void>>();
+  /** Per VM down here and tried: when it may be tried again, and the wait after that. */
+  readonly #retries = new Map<string, { readonly atMs: number; readonly nextDelayMs: number }>();
+  /** Restarts under way, by VM: one at a time for each. */
+  readonly #restarts = new Map<string, Promise<void>>();
   #stopping = false;
   #wake: (() => void) | undefined;
   readonly done: Promise<void>;
@@ -55,7 +62,7 @@ export class VmWatch {
     this.#stopping = true;
     this.#wake?.();
     await this.done;
-    await Promise.all(this.#restarts);
+    await Promise.all(this.#restarts.values());
   }
 
   async #run(): Promise<void> {
@@ -81,7 +88,7 @@ export class VmWatch {
     if (listed.length > maxDomains) log.warn(`${listed.length} domains on this host; only the first ${maxDomains} are watched`);
     // Keys hold lower-case UUIDs; libvirt prints them so, a domain that does not is not reported.
     const domains = listed.slice(0, maxDomains).filter((d) => vmUuidPattern.test(d.uuid));
-    this.#restartCrashed(domains);
+    this.#restartDown(domains);
     try {
       await this.#report(domains);
     } catch (error) {
@@ -89,20 +96,35 @@ export class VmWatch {
     }
   }
 
-  /** Compares with the previous listing and starts the restarts it calls for (not awaited: the watch goes on). */
-  #restartCrashed(domains: readonly DomainInfo[]): void {
-    const { actions } = this.options;
+  /** Starts the restarts in place the listing calls for (not awaited: the watch goes on). */
+  #restartDown(domains: readonly DomainInfo[]): void {
+    const { actions, clock } = this.options;
     const previous = this.#seen;
     this.#seen = new Map(domains.map((d) => [d.uuid, d.state]));
-    if (previous === undefined) return;
-    for (const uuid of previous.keys()) if (!this.#seen.has(uuid)) actions.forget(uuid);
+    for (const uuid of previous?.keys() ?? []) {
+      if (this.#seen.has(uuid)) continue;
+      actions.forget(uuid);
+      this.#retries.delete(uuid);
+    }
+    const nowMs = clock.nowMs();
     for (const domain of domains) {
-      if (previous.get(domain.uuid) !== "running") continue;
+      if (domain.state === "running" || domain.state === "paused") {
+        this.#retries.delete(domain.uuid);
+        continue;
+      }
       const why = domain.state === "crashed" ? "crashed" : domain.state === "shutoff" && !actions.stoppedByFitha(domain.uuid) ? "shut off without a stop order from fitha" : undefined;
       // An action under way on the VM (an order) decides its fate.
-      if (why === undefined || actions.busy(domain.uuid) || this.#stopping) continue;
-      const restart = this.#restartInPlace(domain.uuid, why).finally(() => this.#restarts.delete(restart));
-      this.#restarts.add(restart);
+      if (why === undefined || actions.busy(domain.uuid) || this.#restarts.has(domain.uuid) || this.#stopping) continue;
+      // Seen going down: at once. Found down: only once it stayed down for a whole round, so that
+      // a start under way by someone else (a domain defined, then booting) is not raced.
+      const before = previous?.get(domain.uuid);
+      if (before !== "running" && before !== domain.state) continue;
+      const retry = this.#retries.get(domain.uuid);
+      if (retry !== undefined && nowMs < retry.atMs) continue;
+      const delayMs = retry?.nextDelayMs ?? restartBackoffMs.first;
+      this.#retries.set(domain.uuid, { atMs: nowMs + delayMs, nextDelayMs: Math.min(restartBackoffMs.max, delayMs * 2) });
+      const restart = this.#restartInPlace(domain.uuid, why).finally(() => this.#restarts.delete(domain.uuid));
+      this.#restarts.set(domain.uuid, restart);
     }
   }
 

@@ -80,6 +80,8 @@ export class RecoveryExecutor {
   /** Per host, per VM, what its hypervisor shows. */
   readonly vmStates = new Map<string, Held<VmStateRecord>>();
   readonly #watchers: PrefixWatcher[] = [];
+  /** Per VM the last step could not place, why: the warning is logged when that changes. */
+  #unplacedReasons = new Map<string, string>();
   /** Parsed resources per VM (#resourcesOf): bounded by the VMs registered during this leader's term. */
   readonly #resources = new Map<string, { readonly modRevision: bigint; readonly resources: DomainResources | undefined }>();
 
@@ -250,7 +252,10 @@ export class RecoveryExecutor {
       const order = this.#orderWrite(task.vm, target);
       await this.#writeTask(starting(task, target, nowMs), held.modRevision, { puts: [order] });
     });
-    for (const { task, reason } of plan.unplaced) log.warn("cannot place a VM now", { vm: task.vm, reason });
+    // Said once per VM and reason, not at every recheck (ten a second while nothing fits).
+    const unplaced = new Map(plan.unplaced.map(({ task, reason }) => [task.vm, reason]));
+    for (const [vm, reason] of unplaced) if (this.#unplacedReasons.get(vm) !== reason) log.warn("cannot place a VM now", { vm, reason });
+    this.#unplacedReasons = unplaced;
   }
 
   #orderWrite(vm: string, target: string): { readonly key: string; readonly value: string } {

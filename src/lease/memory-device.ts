@@ -2,7 +2,8 @@
  * In-memory sector storage for tests and the simulator. One `MemoryStorage` is the shared disk;
  * each host reaches it through its own `MemoryDevice`, whose faults (delay, error, hang, torn
  * writes) are that host's alone — like a per-host path to a SAN — or, set on every device, a
- * global storage fault. Time passes on the injected Clock, so the simulator controls it.
+ * global storage fault. Time passes on the injected Clock, so the simulator controls it. Like
+ * DirectDevice (one worker thread per device), a device runs its batches one at a time, in order.
  */
 import type { Clock } from "../core/clock.ts";
 import { checkBatch, IoError, IoTimeoutError, type IoOp, type SectorDevice, type SectorSize } from "./sector-device.ts";
@@ -47,6 +48,8 @@ export class MemoryDevice implements SectorDevice {
   /** Wakes operations blocked by a hang when the fault changes. */
   #unhang: Array<() => void> = [];
   #closed = false;
+  /** The last batch handed to the device: batches run one after another, as in DirectDevice's worker thread. */
+  #tail: Promise<unknown> = Promise.resolve();
 
   constructor(
     readonly storage: MemoryStorage,
@@ -66,9 +69,11 @@ export class MemoryDevice implements SectorDevice {
   async io(ops: readonly IoOp[], timeoutMs: number): Promise<Uint8Array[]> {
     if (this.#closed) throw new IoError(`${this.name}: device is closed`);
     checkBatch(this, ops, timeoutMs);
-    const work = this.#run(ops);
+    // In order, after every earlier batch, even one whose caller timed out: a stuck syscall holds
+    // up the device's worker, and what comes after it sees what it wrote.
+    const work = this.#tail.then(() => this.#run(ops));
     // The work goes on after a timeout, as a stuck syscall would: its writes may land later.
-    work.catch(() => {});
+    this.#tail = work.catch(() => {});
     const expired = this.clock.sleep(timeoutMs).then(() => {
       throw new IoTimeoutError(this.name, timeoutMs);
     });

@@ -105,6 +105,13 @@ export class LockDaemon {
   #revalidationDue: string | undefined;
   /** How this incarnation began: "joined" or "resumed". */
   readonly startedBy: "joined" | "resumed";
+  /**
+   * Resolves (with the reason) once the host lease is lost for good and the VMs under it are
+   * fenced: this incarnation can do nothing more. The process exits then, and its restart joins
+   * the lockspace again under a new generation (a lost lease never comes back by renewing).
+   */
+  readonly lost: Promise<string>;
+  readonly #lostWith = Promise.withResolvers<string>();
 
   private constructor(
     readonly options: LockdOptions,
@@ -117,6 +124,7 @@ export class LockDaemon {
     for (const entry of held) this.#leases.set(entry.slot, entry);
     this.startedBy = startedBy;
     if (startedBy === "resumed" && held.length > 0) this.#revalidationDue = "resumed after a restart";
+    this.lost = this.#lostWith.promise;
     this.#renewals = this.#renewLoop();
     this.#supervision = this.#supervise();
   }
@@ -180,15 +188,28 @@ export class LockDaemon {
     if (request.op === "answer") return this.#answer(request.id, request.question, request.answer);
     if (this.#inFlight >= maxInFlightRequests) return { id: request.id, ok: false, error: "io", message: `busy: ${maxInFlightRequests} requests already in progress` };
     this.#inFlight++;
-    const previous = this.#slotQueues.get(request.slot) ?? Promise.resolve();
-    const run = previous.then(() => this.#serve(request));
+    try {
+      return await this.#inSlot(request.slot, () => this.#serve(request));
+    } finally {
+      this.#inFlight--;
+    }
+  }
+
+  /**
+   * Runs `work` on `slot` once everything queued on that slot before it is done: requests, and
+   * the releases of fencing — an acquire must not read a slot whose release is still on its way
+   * to the disk (it would find the lease still ours, and the release would then free it under a
+   * running VM: found by the simulator).
+   */
+  async #inSlot<T>(slot: number, work: () => Promise<T>): Promise<T> {
+    const previous = this.#slotQueues.get(slot) ?? Promise.resolve();
+    const run = previous.then(work);
     const tail = run.catch(() => {});
-    this.#slotQueues.set(request.slot, tail);
+    this.#slotQueues.set(slot, tail);
     try {
       return await run;
     } finally {
-      this.#inFlight--;
-      if (this.#slotQueues.get(request.slot) === tail) this.#slotQueues.delete(request.slot);
+      if (this.#slotQueues.get(slot) === tail) this.#slotQueues.delete(slot);
     }
   }
 
@@ -327,6 +348,7 @@ export class LockDaemon {
       const nowMs = this.env.clock.nowMs();
       if (this.lease.phase(nowMs) === "failed") {
         if (this.#leases.size > 0) await this.#fence(`host lease lost: ${this.lease.lostReason}`);
+        this.#lostWith.resolve(`host lease lost: ${this.lease.lostReason ?? "renewal-fail passed"}`);
         return;
       }
       const validUntilMs = this.lease.validUntilMs();
@@ -433,11 +455,15 @@ export class LockDaemon {
     await this.#persist().catch((error: unknown) => log.error("could not persist lockd state", { error }));
     this.#publish({ event: "fenced", reason, vms, failed: [...failed] });
     if (this.lease.phase() !== "failed") {
-      for (const lease of leases.filter((l) => !failed.has(l.resource))) {
-        await releaseLease(this.lease, lease.slot, lease.resource, { device: this.leaseDevice, lver: lease.lver }).catch((error: unknown) =>
-          log.warn("could not release the lease of a fenced VM; it frees itself at host-dead", { vm: lease.resource, error }),
+      // Queued on their slots all at once, before any await: a request for one of them waits for its release.
+      const releases = leases
+        .filter((l) => !failed.has(l.resource))
+        .map((lease) =>
+          this.#inSlot(lease.slot, () => releaseLease(this.lease, lease.slot, lease.resource, { device: this.leaseDevice, lver: lease.lver })).catch((error: unknown) =>
+            log.warn("could not release the lease of a fenced VM; it frees itself at host-dead", { vm: lease.resource, error }),
+          ),
         );
-      }
+      await Promise.all(releases);
     }
   }
 

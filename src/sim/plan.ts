@@ -23,6 +23,7 @@ export type Step =
   | { readonly do: "power-off" | "power-on"; readonly host: string }
   | { readonly do: "crash-vm"; readonly vm: string }
   | { readonly do: "start-vm"; readonly vm: string; readonly host: string }
+  | { readonly do: "start-fails"; readonly host: string; readonly times: number }
   | { readonly do: "maintenance"; readonly host: string | null; readonly on: boolean }
   | { readonly do: "settings"; readonly settings: RuntimeSettings }
   | { readonly do: "heal-all" }
@@ -83,14 +84,18 @@ export function parseScenario(raw: unknown, source: string): Plan {
   const rawSteps = object["steps"];
   if (!Array.isArray(rawSteps)) throw new PlanError(where("steps"), "must be a list of steps");
   if (rawSteps.length > maxSteps) throw new PlanError(where("steps"), `more than ${maxSteps} steps`);
-  const steps = rawSteps.map((entry, i) => parseStep(entry, `${source}: steps[${i}]`, world, durationMs));
-  for (let i = 1; i < steps.length; i++) {
-    if (steps[i]!.atMs < steps[i - 1]!.atMs) throw new PlanError(`${source}: steps[${i}]`, "steps must be in time order");
+  const parsed = rawSteps.map((entry, i) => parseStep(entry, `${source}: steps[${i}]`, world, durationMs));
+  for (let i = 1; i < parsed.length; i++) {
+    if (parsed[i]![0]!.atMs < parsed[i - 1]![0]!.atMs) throw new PlanError(`${source}: steps[${i}]`, "steps must be in time order");
   }
+  // A flap is many cuts and heals: in time order with the rest (a stable sort keeps the file's order at one instant).
+  const steps = parsed.flat().map((step, i) => ({ step, i })).sort((a, b) => a.step.atMs - b.step.atMs || a.i - b.i).map(({ step }) => step);
+  if (steps.length > maxSteps) throw new PlanError(where("steps"), `more than ${maxSteps} steps once flaps are counted`);
   return { name: text(object["name"], where("name")), world, steps, durationMs };
 }
 
-function parseStep(raw: unknown, where: string, world: WorldOptions, durationMs: number): TimedStep {
+/** One step of the file; a flap becomes its cuts and heals. */
+function parseStep(raw: unknown, where: string, world: WorldOptions, durationMs: number): TimedStep[] {
   const object = asObject(raw, where);
   const atMs = seconds(object["at_s"], `${where}.at_s`, durationMs);
   const verb = text(object["do"], `${where}.do`);
@@ -106,6 +111,15 @@ function parseStep(raw: unknown, where: string, world: WorldOptions, durationMs:
     if (!Array.isArray(value) || value.length === 0 || !value.every((p) => planes.includes(p as Plane))) throw new PlanError(`${where}.planes`, `a non-empty list of ${planes.join(", ")}`);
     return value as Plane[];
   };
+  if (verb === "flap") {
+    fields("host", "planes", "how", "period_s", "count");
+    const periodMs = seconds(object["period_s"], `${where}.period_s`, 3_600_000);
+    if (periodMs < 1_000) throw new PlanError(`${where}.period_s`, "at least 1 s");
+    const count = integer(object["count"], `${where}.count`, 1, 1_000);
+    const target = { host: host(), planes: planeList(), how: how() };
+    if (atMs + 2 * count * periodMs > durationMs) throw new PlanError(where, `the flap runs past the end of the run (${durationMs / 1000} s)`);
+    return flapSteps(atMs, target, periodMs, count);
+  }
   const step = ((): Step => {
     switch (verb) {
       case "cut":
@@ -137,6 +151,9 @@ function parseStep(raw: unknown, where: string, world: WorldOptions, durationMs:
       case "crash-vm":
         fields("vm");
         return { do: verb, vm: text(object["vm"], `${where}.vm`) };
+      case "start-fails":
+        fields("host", "times");
+        return { do: verb, host: host(), times: integer(object["times"], `${where}.times`, 1, 100) };
       case "start-vm":
         fields("vm", "host");
         return { do: verb, vm: text(object["vm"], `${where}.vm`), host: host() };
@@ -164,7 +181,15 @@ function parseStep(raw: unknown, where: string, world: WorldOptions, durationMs:
         throw new PlanError(`${where}.do`, `unknown step ${JSON.stringify(verb)}`);
     }
   })();
-  return { atMs, step };
+  return [{ atMs, step }];
+}
+
+/** A link that goes down for `periodMs`, up for `periodMs`, `count` times. */
+export function flapSteps(atMs: number, target: { host: string; planes: readonly Plane[]; how: LinkFault }, periodMs: number, count: number): TimedStep[] {
+  return Array.from({ length: count }, (_, i) => [
+    { atMs: atMs + 2 * i * periodMs, step: { do: "cut" as const, ...target } },
+    { atMs: atMs + (2 * i + 1) * periodMs, step: { do: "heal" as const, ...target } },
+  ]).flat();
 }
 
 function storageFault(raw: unknown, delayMs: unknown, where: string): Fault | undefined {

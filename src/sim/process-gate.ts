@@ -7,7 +7,16 @@
  * lease goes stale, its VMs run on), and a paused one acts again, late, when resumed — which is
  * exactly what makes SIGSTOP dangerous for leases.
  */
+import { AsyncLocalStorage } from "node:async_hooks";
 import type { Clock } from "../core/clock.ts";
+
+/** Which simulated process the code running now belongs to: the trace names it on log lines. */
+const currentProcess = new AsyncLocalStorage<string>();
+
+/** The simulated process whose code is running (undefined: the simulator's own). */
+export function runningProcess(): string | undefined {
+  return currentProcess.getStore();
+}
 
 export type ProcessState = "running" | "paused" | "dead";
 
@@ -43,6 +52,11 @@ export class ProcessGate {
 
   kill(): void {
     this.#state = "dead";
+  }
+
+  /** Runs `work` as this process's code: what it and its continuations log is traced under its name. */
+  run<T>(work: () => T): T {
+    return currentProcess.run(this.name, work);
   }
 
   /** The process's view of `base`: its timers fire only while it runs. */
@@ -85,7 +99,7 @@ export class ProcessGate {
 
   /** A callback into this process: runs only while it runs (later when paused, never when dead). */
   deliver<A extends unknown[]>(callback: (...args: A) => void): (...args: A) => void {
-    return (...args) => void this.open().then(() => callback(...args));
+    return (...args) => void this.open().then(() => this.run(() => callback(...args)));
   }
 
   #callback(arg: unknown): unknown {

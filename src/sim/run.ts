@@ -14,6 +14,7 @@ import { VirtualClock } from "../core/clock.ts";
 import { errorMessage } from "../errors.ts";
 import { configureLogging } from "../log.ts";
 import type { Plan, Step } from "./plan.ts";
+import { runningProcess } from "./process-gate.ts";
 import { Random } from "./random.ts";
 import type { SimHost } from "./sim-host.ts";
 import { formatElapsed, World, type SimVm, type Violation } from "./world.ts";
@@ -119,12 +120,14 @@ async function apply(world: World, step: Step): Promise<void> {
       return;
     case "start-vm":
       return await world.startVmOn(vmNamed(world, step.vm), host(step.host));
+    case "start-fails":
+      return world.failStarts(host(step.host), step.times);
     case "maintenance":
       return await world.setMaintenance(step.host === null ? undefined : host(step.host), step.on);
     case "settings":
       return await world.setRuntimeSettings(step.settings);
     case "heal-all":
-      return world.healAll();
+      return await world.healAll();
     case "expect":
       return expectVms(world, step.vmsOf, step.on);
     case "expect-every-ha-vm-runs":
@@ -177,7 +180,8 @@ function logSink(world: World): Writable {
         if (line === "") continue;
         try {
           const { time: _time, level, tag, msg, ...fields } = JSON.parse(line) as Record<string, unknown>;
-          world.trace(`${formatElapsed(world.elapsedMs())} [${String(tag)} ${String(level)}] ${String(msg)}${Object.keys(fields).length > 0 ? ` ${JSON.stringify(fields)}` : ""}`);
+          const process = runningProcess();
+          world.trace(`${formatElapsed(world.elapsedMs())} ${process === undefined ? "" : `${process} `}[${String(tag)} ${String(level)}] ${String(msg)}${Object.keys(fields).length > 0 ? ` ${JSON.stringify(fields)}` : ""}`);
         } catch (error) {
           world.trace(`${formatElapsed(world.elapsedMs())} [log] ${line} (${errorMessage(error)})`);
         }

@@ -7,12 +7,12 @@
  */
 import { planes, type Plane } from "../config/fitha-config.ts";
 import type { Fault } from "../lease/memory-device.ts";
-import type { Plan, Step, TimedStep } from "./plan.ts";
+import { flapSteps, type Plan, type Step, type TimedStep } from "./plan.ts";
 import type { Random } from "./random.ts";
 import { defaultWorldOptions, type WorldOptions } from "./world.ts";
 
 /** The kinds of fault a random schedule draws from. */
-export const faultKinds = ["plane-cut", "isolate", "storage-host", "storage-all", "cluster-lost", "kill", "pause", "power", "vm-crash"] as const;
+export const faultKinds = ["plane-cut", "flap", "isolate", "storage-host", "storage-all", "cluster-lost", "kill", "pause", "power", "vm-crash", "start-fails", "maintenance"] as const;
 export type FaultKind = (typeof faultKinds)[number];
 
 export interface ScheduleOptions {
@@ -35,8 +35,11 @@ export const defaultScheduleOptions: ScheduleOptions = { hosts: 10, vms: 100, du
  */
 export const settleMs = 15 * 60_000;
 
-/** One fault: the steps that make it and those that heal it (none: it heals itself, or heal-all does). */
-type Episode = { readonly start: readonly Step[]; readonly end: readonly Step[] };
+/**
+ * One fault: the steps that make it and those that heal it (none: it heals itself, or heal-all
+ * does), or (a flap) steps of its own timing.
+ */
+type Episode = { readonly start: readonly Step[]; readonly end: readonly Step[] } | { readonly timed: (atMs: number, endMs: number) => TimedStep[] };
 
 export function randomPlan(seed: number, random: Random, options: ScheduleOptions, world: Partial<WorldOptions> = {}): Plan {
   const haVmsPerHost = Math.ceil(options.vms / options.hosts);
@@ -50,8 +53,11 @@ export function randomPlan(seed: number, random: Random, options: ScheduleOption
     if (ends.length >= options.maxConcurrentFaults) continue;
     const episode = randomEpisode(random, worldOptions, random.pick(options.kinds));
     const endMs = Math.min(faultEndMs, atMs + randomDuration(random));
-    for (const step of episode.start) steps.push({ atMs, step });
-    for (const step of episode.end) steps.push({ atMs: endMs, step });
+    if ("timed" in episode) steps.push(...episode.timed(atMs, endMs));
+    else {
+      for (const step of episode.start) steps.push({ atMs, step });
+      for (const step of episode.end) steps.push({ atMs: endMs, step });
+    }
     ends.push(endMs);
   }
   if (faultEndMs > 0) {
@@ -79,6 +85,11 @@ function randomEpisode(random: Random, world: WorldOptions, kind: FaultKind): Ep
       const chosen: Plane[] = cut.length === 0 ? [random.pick(planes)] : cut;
       const how = random.chance(0.7) ? "hang" : "refuse";
       return { start: [{ do: "cut", host, planes: chosen, how }], end: [{ do: "heal", host, planes: chosen, how }] };
+    }
+    case "flap": {
+      const chosen: Plane[] = [random.pick(planes)];
+      const periodMs = random.int(2_000, 60_000);
+      return { timed: (atMs, endMs) => flapSteps(atMs, { host, planes: chosen, how: "hang" }, periodMs, Math.max(1, Math.floor((endMs - atMs) / (2 * periodMs)))) };
     }
     case "isolate":
       // Every plane and the path to the storage (it runs over the storage network).
@@ -114,6 +125,12 @@ function randomEpisode(random: Random, world: WorldOptions, kind: FaultKind): Ep
       return { start: [{ do: "power-off", host }], end: [{ do: "power-on", host }] };
     case "vm-crash":
       return { start: [{ do: "crash-vm", vm: `vm-${random.int(1, world.hosts)}-${random.int(1, world.haVmsPerHost)}` }], end: [] };
+    case "start-fails":
+      return { start: [{ do: "start-fails", host, times: random.int(1, 3) }], end: [] };
+    case "maintenance": {
+      const target = random.chance(0.3) ? null : host;
+      return { start: [{ do: "maintenance", host: target, on: true }], end: [{ do: "maintenance", host: target, on: false }] };
+    }
   }
 }
 

@@ -143,7 +143,8 @@ export class SimHost {
       read: async () => (this.#lockdState === undefined ? undefined : (JSON.parse(this.#lockdState) as LockdState)),
       write: async (state) => void (this.#lockdState = JSON.stringify(state)),
     };
-    const daemon = await LockDaemon.start(
+    const daemon = await gate.run(() =>
+      LockDaemon.start(
       { leaseFile: "lease", hostId: this.hostId, hostName: this.name, ioTimeoutMs: this.env.ioTimeoutMs, idAllocation: "configured" },
       {
         clock: gate.clock(this.env.clock),
@@ -155,10 +156,19 @@ export class SimHost {
         store: gate.wrap(store),
         hypervisor: gate.wrap(this.#fencingHypervisor()),
       },
+      ),
     );
     // Killed while starting: the instance is as dead as its gate.
     if (gate.state !== "dead") this.lockd.instance = daemon;
     this.env.trace(`${this.name} lockd started (${daemon.startedBy})`);
+    // As `fitha lockd` does: a lost host lease ends the process, and systemd starts it again.
+    void daemon.lost.then(async (reason) => {
+      if (this.lockd.gate !== gate || gate.state === "dead") return;
+      this.env.trace(`${this.name} lockd exited (${reason}); systemd restarts it in ${restartDelayMs} ms`);
+      this.#exited("lockd");
+      await this.env.clock.sleep(restartDelayMs);
+      void this.#keepStarting("lockd");
+    });
   }
 
   #startWatchdog(): void {
@@ -168,14 +178,14 @@ export class SimHost {
     const clock = gate.clock(this.env.clock);
     const watchdog = new Watchdog({ clock, store: gate.wrap(store), hypervisor: gate.wrap(this.#fencingHypervisor()), bootId: this.bootId });
     this.watchdog = { gate, instance: watchdog };
-    void (async () => {
+    void gate.run(async () => {
       // Bounded by the process: it loops until killed (a dead gate never wakes it again).
       for (;;) {
         const check = await watchdog.check();
         if (check.state === "fired" && check.stopped.length > 0) this.env.trace(`${this.name} watchdog fired: stopped ${check.stopped.length} VM(s)`);
         await clock.sleep(watchdog.pollIntervalMs(watchdogMaxPollMs));
       }
-    })();
+    });
   }
 
   async #startAgent(): Promise<void> {
@@ -186,7 +196,8 @@ export class SimHost {
     const clock = gate.clock(this.env.clock);
     const transport: LockdTransport = (body) => gate.call(() => this.#toLockd(body));
     const leases = new (this.env.broken.has("leases-ignored") ? IgnoredLeases : LockdVmLeases)(`${this.name} lockd`, transport);
-    const agent = await Agent.start(
+    const agent = await gate.run(() =>
+      Agent.start(
       { host: this.name, addresses: { management: `10.0.0.${this.hostId}`, storage: `10.1.0.${this.hostId}`, service: `10.2.0.${this.hostId}` }, agentVersion: "sim" },
       {
         clock,
@@ -197,6 +208,7 @@ export class SimHost {
         leases,
         questions: new LockdQuestionsClient(`${this.name} lockd`, transport, this.#subscribe(gate), clock),
       },
+      ),
     );
     if (agent.hostId !== this.hostId) throw new Error(`${this.name}: the agent got host id ${agent.hostId}, lockd has ${this.hostId}`);
     if (gate.state !== "dead") this.agent.instance = agent;
@@ -206,17 +218,19 @@ export class SimHost {
   /** SIGKILL: the process is gone until start(). */
   kill(process: ProcessName): void {
     this.#wanted.delete(process);
+    if (this[process].gate.state === "dead") return;
+    this.#exited(process);
+    this.env.trace(`${this.name} ${process} killed`);
+  }
+
+  /** The process is gone (killed, or it exited): the kernel closes its connections. */
+  #exited(process: ProcessName): void {
     const running = this[process];
-    if (running.gate.state === "dead") return;
     running.gate.kill();
     running.instance = undefined;
-    if (process === "agent") {
-      // The kernel closes a dead process's connections: its etcd watches end, lockd sees it go.
-      for (const link of this.agent.links) link.close();
-      for (const connection of this.agent.connections) connection.close();
-    }
-    if (process === "lockd") for (const connection of this.agent.connections) connection.close();
-    this.env.trace(`${this.name} ${process} killed`);
+    if (process === "agent") for (const link of this.agent.links) link.close();
+    // Either end of the agent's subscriptions to lockd going closes them.
+    if (process !== "watchdog") for (const connection of this.agent.connections) connection.close();
   }
 
   pause(process: ProcessName): void {
@@ -291,7 +305,7 @@ export class SimHost {
       throw new LockdUnavailableError(`${this.name} lockd did not answer within ${lockdRequestTimeoutMs} ms`);
     });
     timeout.catch(() => {});
-    return await Promise.race([gate.call(() => instance.handle({ id: 0, ...body } as Parameters<LockDaemon["handle"]>[0])), timeout]);
+    return await Promise.race([gate.call(() => gate.run(() => instance.handle({ id: 0, ...body } as Parameters<LockDaemon["handle"]>[0]))), timeout]);
   }
 
   #subscribe(agentGate: ProcessGate): LockdSubscribe {
@@ -310,7 +324,7 @@ export class SimHost {
         },
       };
       this.agent.connections.add(connection);
-      const reply = await gate.call(() => daemon.handle({ id: 0, op: "subscribe" }, subscriber));
+      const reply = await gate.call(() => gate.run(() => daemon.handle({ id: 0, op: "subscribe" }, subscriber)));
       if (!reply.ok) {
         connection.close();
         throw new LockdUnavailableError(`${this.name} lockd refused the subscription: ${reply.message}`);

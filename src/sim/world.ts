@@ -66,7 +66,7 @@ export interface SimVm {
 
 export interface Violation {
   readonly atMs: number;
-  readonly invariant: "safety" | "plain-vm-moved" | "limit" | "liveness" | "expectation";
+  readonly invariant: "safety" | "plain-vm-moved" | "limit" | "held" | "liveness" | "expectation";
   readonly message: string;
 }
 
@@ -76,6 +76,9 @@ export interface SimController {
   controller: Controller | undefined;
   links: MemoryKv[];
 }
+
+/** How long the leader may take to see maintenance switched on (its watch, one step). */
+const maintenanceNoticeMs = 5_000;
 
 /** The wall clock the records carry: a fixed date plus virtual time, so traces replay exactly. */
 const epochMs = Date.parse("2026-01-01T00:00:00.000Z");
@@ -97,6 +100,10 @@ export class World {
   #startMs: number;
   /** Recovery tasks in "starting" state by VM → target host, for the limit checks. */
   readonly #starting = new Map<string, string>();
+  /** Maintenance switched on by the plan (key → host, or undefined for the whole cluster), since when. */
+  readonly #maintenance = new Map<string, { readonly host: string | undefined; readonly sinceMs: number }>();
+  /** The cluster's mode as the leader last wrote it. */
+  #mode = "normal";
   #settings: RuntimeSettings;
   /** How many VM starts there were (all hosts). */
   starts = 0;
@@ -208,7 +215,7 @@ export class World {
       { clock: gate.clock(this.clock), now: this.now, kv: Object.fromEntries(planes.map((plane, i) => [plane, gate.wrap(links[i]!)])) as Record<Plane, MemoryKv>, keys: this.keys },
     );
     Object.assign(controller, { gate, controller: instance, links });
-    instance.start();
+    gate.run(() => instance.start());
     this.log(`${controller.name} started`);
   }
 
@@ -260,6 +267,12 @@ export class World {
     return true;
   }
 
+  /** The next `times` starts of every VM on `host` fail (libvirt refusing them). */
+  failStarts(host: SimHost, times: number): void {
+    for (const vm of this.vms) host.hypervisor.injectFailure("start", vm.uuid, { times, message: "injected: qemu failed to start" });
+    this.log(`${host.name}: the next ${times} start(s) of each VM fail`);
+  }
+
   /**
    * Starts `vm` on `host` the way a guarded start outside fitha would (the libvirt hook): only
    * with its lease from that host's lockd. Whatever happens is traced; a start that should not
@@ -285,13 +298,18 @@ export class World {
   async setMaintenance(host: SimHost | undefined, on: boolean): Promise<void> {
     const key = host === undefined ? this.keys.maintenanceGlobal : this.keys.maintenanceHost(host.name);
     await this.#eyes.management.put(key, JSON.stringify({ on, reason: "scenario", by: "simulator", at: this.now().toISOString() }));
+    if (on) this.#maintenance.set(key, { host: host?.name, sinceMs: this.elapsedMs() });
+    else this.#maintenance.delete(key);
     this.log(`maintenance ${on ? "on" : "off"} for ${host?.name ?? "the whole cluster"}`);
   }
 
-  /** Heals every fault the world can heal and starts every process that is down. */
-  healAll(): void {
+  /** Heals every fault the world can heal, ends every maintenance and starts every process that is down. */
+  async healAll(): Promise<void> {
+    for (const key of this.#maintenance.keys()) await this.#eyes.management.put(key, JSON.stringify({ on: false, reason: "healed", by: "simulator", at: this.now().toISOString() }));
+    this.#maintenance.clear();
     for (const host of this.hosts) {
       host.powerOn();
+      host.hypervisor.clearFailures();
       for (const plane of planes) host.setPlaneFault(plane, undefined);
       host.setStorageFault(undefined);
       for (const process of ["lockd", "watchdog", "agent"] as const) {
@@ -335,12 +353,17 @@ export class World {
     this.log(`VIOLATION (${invariant}): ${message}`);
   }
 
-  /** Follows the recovery tasks: never more starting at once than the limits allow. */
+  /**
+   * Follows the recovery tasks and the mode, in revision order (one watch): never more starting
+   * at once than the limits allow, and none started in self-defense or maintenance.
+   */
   async #watchTasks(): Promise<void> {
-    const prefix = this.keys.tasksPrefix;
-    await this.#eyes.management.watchPrefix(prefix, 1n, {
+    await this.#eyes.management.watchPrefix(this.keys.prefix, 1n, {
       onChanges: (changes: readonly KvChange[]) => {
-        for (const change of changes) this.#taskChanged(change, prefix);
+        for (const change of changes) {
+          if (change.key === this.keys.mode && change.type === "put") this.#mode = (JSON.parse(change.value) as { mode: string }).mode;
+          else if (change.key.startsWith(this.keys.tasksPrefix)) this.#taskChanged(change, this.keys.tasksPrefix);
+        }
         this.#checkLimits();
       },
       onClosed: () => {},
@@ -351,8 +374,22 @@ export class World {
     const vm = change.key.slice(prefix.length);
     if (change.type === "delete") return void this.#starting.delete(vm);
     const task = taskRecord(JSON.parse(change.value), change.key);
-    if (task.state === "starting" && task.target !== null) this.#starting.set(vm, task.target);
-    else this.#starting.delete(vm);
+    if (task.state !== "starting" || task.target === null) return void this.#starting.delete(vm);
+    if (!this.#starting.has(vm)) this.#checkHeld(task.vm, task.source);
+    this.#starting.set(vm, task.target);
+  }
+
+  /**
+   * A recovery start must not happen in self-defense (the leader's own mode, earlier in revision
+   * order), nor in maintenance of the cluster or of the VM's host — after the leader has had a
+   * moment (maintenanceNoticeMs) to see it switched on.
+   */
+  #checkHeld(vm: string, source: string): void {
+    const name = this.#vmByUuid.get(vm)?.name ?? vm;
+    if (this.#mode === "self-defense") this.violate("held", `${name}: a recovery start while the cluster is in self-defense`);
+    for (const { host, sinceMs } of this.#maintenance.values()) {
+      if ((host === undefined || host === source) && this.elapsedMs() - sinceMs > maintenanceNoticeMs) this.violate("held", `${name}: a recovery start from ${source} during maintenance of ${host ?? "the whole cluster"}`);
+    }
   }
 
   #checkLimits(): void {

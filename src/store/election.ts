@@ -128,12 +128,15 @@ export class Election implements Leadership {
   async #win(name: string): Promise<KvLease | undefined> {
     while (!this.#resigning) {
       try {
-        const holder = await this.kv.get(this.key);
-        if (holder === undefined) {
+        // The range's revision, not the key's: a leader's key is written once and kept alive, so
+        // its own revision soon falls out of etcd's history, and a watch from there would fail
+        // at once, again and again (a standby spinning on etcd: found by the simulator).
+        const range = await this.kv.getPrefix(this.key, { limit: 1 });
+        if (!range.entries.some((entry) => entry.key === this.key)) {
           const lease = await this.#tryCreate(name);
           if (lease !== undefined) return lease;
         } else {
-          await this.#waitForVacancy(holder.modRevision);
+          await this.#waitForVacancy(range.revision);
         }
       } catch (error) {
         if (!(error instanceof KvError)) throw error;
@@ -169,15 +172,22 @@ export class Election implements Leadership {
     return undefined;
   }
 
-  /** Waits until the key is deleted (seen by a watch), for at most one TTL, or resign(). */
-  async #waitForVacancy(modRevision: bigint): Promise<void> {
+  /**
+   * Waits until the key is deleted after `revision` (seen by a watch), for at most one TTL, or
+   * resign(). A watch that breaks ends the wait after a pause, so that a watch failing at once
+   * cannot turn the campaign into a busy loop.
+   */
+  async #waitForVacancy(revision: bigint): Promise<void> {
     const vacated = Promise.withResolvers<void>();
-    const watch = await this.kv.watchPrefix(this.key, modRevision + 1n, {
+    let broken = false;
+    const watch = await this.kv.watchPrefix(this.key, revision + 1n, {
       onChanges: (changes) => {
         if (changes.some((c) => c.key === this.key && c.type === "delete")) vacated.resolve();
       },
-      // A broken watch: look again (the next get fails and backs off if the cluster is away).
-      onClosed: () => vacated.resolve(),
+      onClosed: () => {
+        broken = true;
+        vacated.resolve();
+      },
     });
     try {
       // The watch normally ends the wait; the timer bounds it should a deletion go unseen.
@@ -185,6 +195,7 @@ export class Election implements Leadership {
     } finally {
       await watch.cancel();
     }
+    if (broken) await this.#pause(this.options.ttlMs / 4);
   }
 
   /** Renews the lease while sure of leading; returns why leadership ended. */

@@ -49,6 +49,8 @@ interface Domain {
   state: DomainState;
   /** False once undefined while running: the domain disappears when it stops, as in libvirt. */
   persistent: boolean;
+  /** Set while a start is booting it (state "paused"); a destroy clears it, failing that start. */
+  boot?: object | undefined;
 }
 
 interface PendingFailure {
@@ -124,13 +126,15 @@ export class MemoryHypervisor implements Hypervisor {
     const domain = this.#domainFor("start", nameOrUuid);
     if (isActive(domain)) throw this.#error("start", nameOrUuid, "invalid-state", "Requested operation is not valid: domain is already running");
     if (this.startMs === 0) return this.#running(domain);
+    // As libvirt does, the qemu exists from the start of the call (the domain is "paused" until
+    // its CPUs run): a second start is refused, and a destroy meanwhile kills it, failing the start.
+    domain.state = "paused";
+    const boot = (domain.boot = {});
     await this.#clock.sleep(this.startMs);
-    // Found again (injected failures were taken already): it may have been undefined, or started by another call, meanwhile.
     this.#checkOpen("start", nameOrUuid);
-    const booted = this.#find(domain.uuid);
-    if (booted === undefined) throw this.#error("start", nameOrUuid, "no-domain", "Domain not found");
-    if (isActive(booted)) throw this.#error("start", nameOrUuid, "invalid-state", "Requested operation is not valid: domain is already running");
-    this.#running(booted);
+    if (domain.boot !== boot || domain.state !== "paused" || this.#find(domain.uuid) !== domain) throw this.#error("start", nameOrUuid, "failed", "the domain was destroyed while it started");
+    domain.boot = undefined;
+    this.#running(domain);
   }
 
   #running(domain: Domain): void {
@@ -200,9 +204,11 @@ export class MemoryHypervisor implements Hypervisor {
   }
 
   #stopped(domain: Domain, state: "shutoff" | "crashed" = "shutoff"): void {
+    const wasRunning = domain.state === "running" || (domain.state === "paused" && domain.boot === undefined);
+    domain.boot = undefined;
     if (domain.persistent) domain.state = state;
     else this.#domains.delete(domain.uuid);
-    this.#onRunning?.({ name: domain.name, uuid: domain.uuid }, false);
+    if (wasRunning) this.#onRunning?.({ name: domain.name, uuid: domain.uuid }, false);
   }
 
   /** The domain an operation acts on, after the checks every such operation makes. */

@@ -9,7 +9,8 @@ import { Agent } from "../../src/agent/agent.ts";
 import { minConcurrentOrders, OrderRunner } from "../../src/agent/order-runner.ts";
 import { VmActions } from "../../src/agent/vm-actions.ts";
 import { MemoryVmLeases } from "../../src/agent/vm-leases.ts";
-import { vmPollIntervalMs, VmWatch } from "../../src/agent/vm-watch.ts";
+import { restartBackoffMs, vmPollIntervalMs, VmWatch } from "../../src/agent/vm-watch.ts";
+import { SelfFence } from "../../src/agent/self-fence.ts";
 import { VirtualClock } from "../../src/core/clock.ts";
 import { configureLogging } from "../../src/log.ts";
 import { listEvents } from "../../src/store/events.ts";
@@ -364,6 +365,43 @@ describe("restart in place", () => {
     await bench.stop();
   });
 
+  test("an HA VM found down when the agent starts (it went down while no agent ran: watchdog, reboot) is started again", async () => {
+    const bench = new Bench();
+    const vm = await bench.register(1, { ha: true });
+    await bench.running(vm);
+    await bench.hypervisor.destroy(vm.uuid);
+    await bench.leases.release(vm.uuid, vm.slot!);
+    await bench.start({ watch: true });
+    await bench.rounds(2);
+    expect(await bench.state(vm.uuid)).toBe("running");
+    expect(bench.leases.holderOf(vm.slot!)).toBe(host);
+    await bench.stop();
+  });
+
+  test("a restart in place that fails is tried again after 10 s, then 20 s — not on every round", async () => {
+    const bench = new Bench();
+    const vm = await bench.register(1, { ha: true });
+    await bench.running(vm);
+    await bench.start({ watch: true });
+    bench.leases.failNext(2);
+    const acquires = () => bench.leases.calls.filter((c) => c.startsWith("acquire")).length;
+    const before = acquires();
+    bench.hypervisor.crash(vm.uuid);
+    await bench.rounds(1);
+    expect(acquires() - before).toBe(1);
+    await bench.clock.advance(restartBackoffMs.first - vmPollIntervalMs);
+    expect(acquires() - before).toBe(1);
+    await bench.clock.advance(vmPollIntervalMs);
+    expect(acquires() - before).toBe(2);
+    expect(await bench.state(vm.uuid)).toBe("crashed");
+    await bench.clock.advance(2 * restartBackoffMs.first - vmPollIntervalMs);
+    expect(acquires() - before).toBe(2);
+    await bench.clock.advance(vmPollIntervalMs);
+    expect(acquires() - before).toBe(3);
+    expect(await bench.state(vm.uuid)).toBe("running");
+    await bench.stop();
+  });
+
   test("left alone: a crashed non-HA VM, an HA VM placed on another host, an HA VM whose lease another host holds", async () => {
     const bench = new Bench();
     const plain = await bench.register(1, { ha: false });
@@ -394,4 +432,39 @@ test("the Agent runs both with lease access: states reported, a start order carr
   expect(await bench.result(vm.uuid)).toMatchObject({ outcome: "done" });
   expect((await bench.reported(vm.uuid))?.state).toBe("running");
   await bench.clock.run(agent.stop());
+});
+
+describe("self-fencing and the restart in place", () => {
+  test("a self-fencing stop waits for a restart in place under way on the same VM: the VM never runs here without its lease", async () => {
+    const bench = new Bench();
+    const vm = await bench.register(1, { ha: true });
+    await bench.running(vm);
+    bench.hypervisor.crash(vm.uuid);
+    bench.hypervisor.startMs = 2_000;
+    // The restart in place is under way (its lease acquired, the guest booting) when the
+    // controller's request for this host arrives and self-fencing stops and releases.
+    const restart = bench.actions.exclusive(vm.uuid, () => bench.actions.start(vm, "in-place"));
+    await bench.clock.advance(0);
+    const request = { host, requestedAt: bench.now().toISOString(), reason: "test", planes: { management: "down", storage: "down", service: "down" }, cause: "planes" };
+    await bench.admin.put(keys.recoveryRequest(host), JSON.stringify(request));
+    const reachable = { reachable: true, sinceMs: 0 };
+    const selfFence = new SelfFence({
+      host,
+      management: bench.kv,
+      keys,
+      clock: bench.clock,
+      own: () => ({ management: reachable, storage: reachable, service: reachable }),
+      lockd: { heldLeases: async () => (bench.leases.holderOf(vm.slot!) === host ? [{ vm: vm.uuid, slot: vm.slot! }] : []) },
+      actions: bench.actions,
+      onFenced: () => undefined,
+    });
+    for (let t = 0; t < 5_000; t += 100) {
+      await bench.clock.advance(100);
+      if ((await bench.state(vm.uuid)) === "running") expect(bench.leases.holderOf(vm.slot!)).toBe(host);
+    }
+    await bench.clock.run(restart);
+    expect(await bench.state(vm.uuid)).toBe("shutoff");
+    expect(bench.leases.holderOf(vm.slot!)).toBeUndefined();
+    await bench.clock.run(selfFence.stop());
+  });
 });

@@ -491,7 +491,7 @@ describe("fencing events on in-memory etcd and virtual time", () => {
 });
 
 describe("self-fencing on in-memory etcd and virtual time", () => {
-  test("a self-fenced VM is not restarted in place by the VM watch (row 4: management still reachable, the registry readable)", async () => {
+  test("row 4 (management still reachable): the agent fences on the controller's recovery request, and the VM watch does not restart the VM in place", async () => {
     const lab = new Lab();
     await lab.setup(3, 1, { questions: true, vms: true });
     const { hypervisor, leases } = lab.vmHosts.get("host-1")!;
@@ -503,7 +503,13 @@ describe("self-fencing on in-memory etcd and virtual time", () => {
     lab.questions.get("host-1")!.held = [{ vm: uuid!, slot: 0 }];
     await lab.clock.advance(3_000);
     lab.setLinks("host-1", { management: "up", service: "down", storage: "down" });
-    await lab.clock.advance(graceMs + 3_000);
+    // Its own view is an HA row from the start, but with management reachable it waits for the
+    // controller, which decides after the heartbeats' TTL and the grace period.
+    await lab.clock.advance(graceMs + 1_000);
+    expect((await hypervisor.lookup(uuid!))?.state).toBe("running");
+    expect(await lab.requests()).toEqual([]);
+    await lab.clock.advance(ttlMs + 2_000);
+    expect(await lab.requests()).toEqual(["host-1"]);
     expect((await hypervisor.lookup(uuid!))?.state).toBe("shutoff");
     await lab.clock.advance(10_000);
     expect((await hypervisor.lookup(uuid!))?.state).toBe("shutoff");

@@ -22,9 +22,9 @@ interface Candidate {
   readonly lost: { atMs: number; reason: string }[];
 }
 
-function setup(requestTimeoutMs = 1_000) {
+function setup(requestTimeoutMs = 1_000, historyRevisions?: number) {
   const clock = new VirtualClock();
-  const cluster = new MemoryCluster(clock);
+  const cluster = new MemoryCluster(clock, historyRevisions === undefined ? {} : { historyRevisions });
   const candidate = (options: Partial<ElectionOptions> = {}): Candidate => {
     const kv = cluster.connect({ requestTimeoutMs });
     const elected: number[] = [];
@@ -86,6 +86,37 @@ describe("Election", () => {
     expect(b.elected).toEqual([resignedAtMs]);
     expect(await leaderName()).toBe("ctl-b");
     expect(a.lost).toEqual([]); // resigning is no loss
+    await b.election.resign();
+  });
+
+  test("a standby whose leader's key has fallen out of etcd's history waits quietly, and still takes over (found by the simulator)", async () => {
+    const { clock, cluster, candidate, pass } = setup(1_000, 20);
+    const a = candidate();
+    void a.election.campaign("ctl-a");
+    await clock.advance(0);
+    // The leader's key is written once and kept alive; other writes push its revision out of
+    // the history (etcd's compaction): a watch from that revision fails at once.
+    const other = cluster.connect();
+    for (let i = 0; i < 50; i++) await other.put(`/elsewhere/${i}`, "x");
+    const b = candidate();
+    // Counts the standby's reads; a spin is cut short (by an error the campaign does not catch)
+    // rather than starving the event loop.
+    let reads = 0;
+    const counted = () => {
+      if (++reads > 100) throw new Error("the standby reads the election key in a loop");
+    };
+    const [get, getPrefix] = [b.kv.get.bind(b.kv), b.kv.getPrefix.bind(b.kv)];
+    b.kv.get = async (...args) => (counted(), await get(...args));
+    b.kv.getPrefix = async (...args) => (counted(), await getPrefix(...args));
+    void b.election.campaign("ctl-b");
+    await pass(3 * ttlMs, a, b);
+    // One look per TTL or so, not a loop on the spot.
+    expect(reads).toBeLessThanOrEqual(6);
+    const resignedAtMs = clock.nowMs();
+    await a.election.resign();
+    await pass(ttlMs, a, b);
+    expect(b.elected).toHaveLength(1);
+    expect(b.elected[0]! - resignedAtMs).toBeLessThanOrEqual(ttlMs);
     await b.election.resign();
   });
 

@@ -9,6 +9,7 @@ import { Writable } from "node:stream";
 import { configureLogging } from "../../src/log.ts";
 import { layout, slotOffset } from "../../src/lease/layout.ts";
 import type { MemoryDevice } from "../../src/lease/memory-device.ts";
+import { inquireLease } from "../../src/lease/paxos-lease.ts";
 import { encodeRecord } from "../../src/lease/records.ts";
 import { LockDaemon, type LockdEnvironment } from "../../src/lockd/lock-daemon.ts";
 import type { LockdEvent } from "../../src/lockd/protocol.ts";
@@ -132,6 +133,25 @@ describe("lockd ask & wait", () => {
     expect(sinceMs(h, r)).toBeLessThan(5 * T);
     expect(h.daemon.status()).toMatchObject({ leases: [], fenced: { vms } });
     h.heal();
+    await h.space.clock.run(h.daemon.stop());
+  });
+
+  test("answer fence while storage hangs, storage back, then an acquire of a fenced VM's slot: it waits for that slot's release, and the lease on disk is ours (found by the simulator)", async () => {
+    const h = await host();
+    const r = await hangAfterRenewal(h);
+    await h.advance(r + 4 * T - h.space.clock.nowMs());
+    expect(await h.daemon.handle({ id: 1, op: "answer", question: 1, answer: "fence" })).toMatchObject({ ok: true });
+    await h.advance(1);
+    expect(await h.running()).toEqual([]);
+    // The releases are stuck behind the hang; storage comes back and the agent restarts vm-c in
+    // place at once: its acquire must not find the lease "already ours" and then see the
+    // release land under the running VM.
+    h.heal();
+    const acquired = await h.space.clock.run(h.daemon.handle({ id: 2, op: "acquire", vm: "vm-c", slot: 2 }));
+    expect(acquired).toMatchObject({ ok: true, already: false });
+    await h.advance(5 * T);
+    const leader = (await h.space.clock.run(inquireLease(h.daemon.lease, 2, { device: h.space.device("check") }))).leader;
+    expect(leader).toMatchObject({ state: "held", ownerHostId: 1, resource: "vm-c" });
     await h.space.clock.run(h.daemon.stop());
   });
 

@@ -93,10 +93,19 @@ export const lockdCommand = defineCommand({
       socketGroupId === undefined ? {} : { groupId: socketGroupId },
     );
     log.info("lockd ready", { socket: socketPath, host_id: daemon.lease.hostId, generation: daemon.lease.generation, started_by: daemon.startedBy });
-    const signal = await stopSignal();
+    const ended = await Promise.race([stopSignal().then((signal) => ({ signal })), daemon.lost.then((reason) => ({ reason }))]);
+    if ("reason" in ended) {
+      // Nothing more this incarnation can do; exiting non-zero lets systemd restart it, and a
+      // restart joins the lockspace again (the VMs were fenced already).
+      log.error("exiting: this lockd's host lease is lost for good; a restart joins the lockspace again", { reason: ended.reason });
+      await server.close();
+      await daemon.stop();
+      await hypervisor.close();
+      return ExitCode.failed;
+    }
     // VM leases stay held and the state stays on disk: a lockd restarted within the renewal
     // window resumes them, and the VMs keep running.
-    log.info("stopping; held VM leases stay held for the next lockd to resume", { signal });
+    log.info("stopping; held VM leases stay held for the next lockd to resume", { signal: ended.signal });
     await server.close();
     await daemon.stop();
     await hypervisor.close();
