@@ -150,6 +150,7 @@ class Term {
       leading: () => this.#leading,
       settings: () => this.settings,
       eligibleHosts: () => this.#eligible,
+      heldSources: () => this.hostsInMaintenance,
       changed: () => this.#schedule(),
     });
     this.fencing = new FencingResponder({

@@ -59,6 +59,8 @@ export interface RecoveryEnvironment {
   readonly settings: () => RuntimeSettings;
   /** Hosts a VM may be started on now: every plane up, not in maintenance. */
   readonly eligibleHosts: () => ReadonlySet<string>;
+  /** Hosts in maintenance: the tasks of their VMs wait (an operator is at work there). */
+  readonly heldSources: () => ReadonlySet<string>;
   /** Something changed: the owner should step (it calls step()). */
   readonly changed: () => void;
 }
@@ -150,11 +152,13 @@ export class RecoveryExecutor {
   /** When a task needs a look with nothing else happening: a backoff or a lease wait ending, a start timing out. */
   #nextDueMs(nowMs: number): number | undefined {
     let dueMs: number | undefined;
+    const held = this.env.heldSources();
     for (const { record: task } of this.tasks.values()) {
       // A task due already that this step could not start (limits, no room) is looked at again
       // after blockedRecheckMs, not at once: the leader would otherwise step without pause for as
-      // long as tasks queue behind the limit.
-      const waiting = task.state === "queued" || task.state === "retrying";
+      // long as tasks queue behind the limit. A held one waits for maintenance to end (a change,
+      // which makes a step).
+      const waiting = (task.state === "queued" || task.state === "retrying") && !held.has(task.source);
       const atMs = waiting ? Math.max(task.notBeforeMs, nowMs + blockedRecheckMs) : task.state === "starting" ? task.updatedMs + startTimeoutMs : undefined;
       if (atMs !== undefined) dueMs = dueMs === undefined ? atMs : Math.min(dueMs, atMs);
     }
@@ -235,7 +239,9 @@ export class RecoveryExecutor {
     const settings = this.env.settings();
     // A task this executor wrote and the watch has not brought back cannot be written again yet
     // (its revision is unknown); it counts against the limits if starting, and waits otherwise.
-    const tasks = [...this.tasks.values()].filter((t) => isOpen(t.record) && !(t.unconfirmed === true && t.record.state !== "starting")).map((t) => t.record);
+    // Nor is a task of a VM whose host is in maintenance: it waits, queued, until that ends.
+    const held = this.env.heldSources();
+    const tasks = [...this.tasks.values()].filter((t) => isOpen(t.record) && !(t.unconfirmed === true && t.record.state !== "starting") && !(t.record.state !== "starting" && held.has(t.record.source))).map((t) => t.record);
     if (!tasks.some((t) => t.state === "queued" || t.state === "retrying")) return;
     const vmInfo = new Map<string, { uuid: string; memoryKiB: number; vcpus: number; group: string; priority: number }>();
     for (const task of tasks) {

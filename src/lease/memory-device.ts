@@ -31,6 +31,8 @@ export type Fault = { kind: "delay"; ms: number } | { kind: "error"; code: strin
 export interface FaultRule {
   readonly fault: Fault;
   readonly ops: "read" | "write" | "all";
+  /** Only operations at this byte offset (one record), or all. */
+  readonly offset?: number;
 }
 
 export interface IoStats {
@@ -60,9 +62,9 @@ export class MemoryDevice implements SectorDevice {
     this.sizeBytes = storage.sizeBytes;
   }
 
-  /** Injects `fault` for operations of kind `ops` (all by default); undefined heals. */
-  setFault(fault: Fault | undefined, ops: FaultRule["ops"] = "all"): void {
-    this.#rule = fault === undefined ? undefined : { fault, ops };
+  /** Injects `fault` for operations of kind `ops` (all by default), at `offset` only if given; undefined heals. */
+  setFault(fault: Fault | undefined, ops: FaultRule["ops"] = "all", offset?: number): void {
+    this.#rule = fault === undefined ? undefined : { fault, ops, ...(offset === undefined ? {} : { offset }) };
     for (const wake of this.#unhang.splice(0)) wake();
   }
 
@@ -110,7 +112,7 @@ export class MemoryDevice implements SectorDevice {
   async #faultFor(op: IoOp): Promise<Fault | undefined> {
     for (;;) {
       const rule = this.#rule;
-      if (rule === undefined || (rule.ops !== "all" && rule.ops !== op.kind)) return undefined;
+      if (rule === undefined || (rule.ops !== "all" && rule.ops !== op.kind) || (rule.offset !== undefined && rule.offset !== op.offset)) return undefined;
       const { fault } = rule;
       if (fault.kind === "error") throw new IoError(`${this.name}: ${op.kind} at ${op.offset} failed (${fault.code})`, fault.code);
       if (fault.kind === "delay") {

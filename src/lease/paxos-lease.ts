@@ -33,7 +33,8 @@ export type AcquireResult =
       readonly deadInMs: number | undefined;
     };
 
-export type ReleaseResult = "released" | "not-held";
+/** "contended": another host ran a ballot on the slot meanwhile; whether it was ours is not known yet (try again). */
+export type ReleaseResult = "released" | "not-held" | "contended";
 
 export interface LeaseState {
   readonly slot: number;
@@ -155,7 +156,8 @@ export async function releaseLease(lease: DeltaLease, slot: number, resource: st
   let lver: number;
   if (accepted > (leader?.lver ?? 0)) {
     const value = await runBallot(session, slot, accepted, read.ballots, us);
-    if (value === "contended" || !sameOwner(value, us)) return "not-held";
+    if (value === "contended") return "contended";
+    if (!sameOwner(value, us)) return "not-held";
     lver = accepted;
   } else if (leader !== undefined && leader.state === "held" && sameOwner({ hostId: leader.ownerHostId, generation: leader.ownerGeneration }, us)) {
     lver = leader.lver;

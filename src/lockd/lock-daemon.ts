@@ -87,6 +87,8 @@ const maxSubscribers = 8;
 
 export class LockDaemon {
   readonly #leases = new Map<number, HeldLease>();
+  /** Slots whose acquire failed on I/O, with their VM, until checked on disk (#doubt). */
+  readonly #inDoubt = new Map<number, string>();
   /** Per slot, the tail of its request queue: requests for one slot run one after another. */
   readonly #slotQueues = new Map<number, Promise<unknown>>();
   #inFlight = 0;
@@ -196,6 +198,33 @@ export class LockDaemon {
   }
 
   /**
+   * An acquire failed on I/O: its last write may still land (a stuck write completes later) and
+   * make the lease ours on disk with no VM and no lockd that knows it — stranded while this host
+   * lives. It is retracted (released if ours) once the slot's queue gets to it, and again after
+   * each good renewal until that works (DESIGN §4.1 rule 5; the simulator found the stranding).
+   */
+  #doubt(slot: number, vm: string): void {
+    this.#inDoubt.set(slot, vm);
+    void this.#inSlot(slot, () => this.#retract(slot));
+  }
+
+  async #retract(slot: number): Promise<void> {
+    const vm = this.#inDoubt.get(slot);
+    // Acquired since (or given up): nothing in doubt any more.
+    if (vm === undefined || this.#leases.has(slot)) return void this.#inDoubt.delete(slot);
+    try {
+      // Without a version: the slot is read first, and released only if this incarnation holds it.
+      const outcome = await releaseLease(this.lease, slot, vm, { device: this.leaseDevice });
+      // Another host's ballot meanwhile (it finds our unfinished one, and must leave it to us): look again.
+      if (outcome === "contended") return log.warn("an acquisition that failed on I/O is still undecided; again after the next renewal", { vm, slot });
+      this.#inDoubt.delete(slot);
+      if (outcome === "released") log.warn("retracted an acquisition that failed on I/O but reached the disk", { vm, slot });
+    } catch (error) {
+      log.warn("could not yet check an acquisition that failed on I/O; again after the next renewal", { vm, slot, error });
+    }
+  }
+
+  /**
    * Runs `work` on `slot` once everything queued on that slot before it is done: requests, and
    * the releases of fencing — an acquire must not read a slot whose release is still on its way
    * to the disk (it would find the lease still ours, and the release would then free it under a
@@ -262,7 +291,14 @@ export class LockDaemon {
     try {
       switch (request.op) {
         case "acquire": {
-          const result = await acquireLease(this.lease, request.slot, request.vm, { device: this.leaseDevice });
+          let result;
+          try {
+            result = await acquireLease(this.lease, request.slot, request.vm, { device: this.leaseDevice });
+          } catch (error) {
+            if (error instanceof IoError) this.#doubt(request.slot, request.vm);
+            throw error;
+          }
+          this.#inDoubt.delete(request.slot);
           if (result.status === "held") {
             const owner = { host_id: result.owner.hostId, generation: result.owner.generation, host_name: result.ownerName ?? null, dead_in_ms: result.deadInMs === undefined ? null : Math.round(result.deadInMs) };
             const name = result.ownerName === undefined ? `host id ${result.owner.hostId}` : `"${result.ownerName}" (host id ${result.owner.hostId})`;
@@ -319,6 +355,7 @@ export class LockDaemon {
         await this.#persist().catch((error: unknown) => log.error("could not persist lockd state", { error }));
         this.#nudgeSupervisor?.();
         if (this.#revalidationDue !== undefined) await this.#revalidate();
+        for (const slot of this.#inDoubt.keys()) void this.#inSlot(slot, () => this.#retract(slot));
         continue;
       }
       const phase = this.lease.phase();

@@ -310,6 +310,37 @@ describe("recovery on in-memory etcd and virtual time", () => {
     await lab.stop();
   });
 
+  test("a host put in maintenance while its VMs are being recovered: what is starting finishes, the rest waits until maintenance ends (found by the simulator)", async () => {
+    const lab = new Lab();
+    await lab.setup(4);
+    await lab.admin.management.put(keys.settings, JSON.stringify({ ...settingsToJson(defaultSettings), heartbeat_interval_ms: 1_000, heartbeat_ttl_ms: ttlMs, recovery_concurrency: 1, recovery_concurrency_per_host: 1 }));
+    const ha = await registerVms(lab, "host-2", [3, 2, 1]);
+    lab.setLinks("host-2", { management: "down", service: "down", storage: "down" });
+    await lab.clock.advance(ttlMs + graceMs + 2_000);
+    const starting = () => [...tasksNow.values()].filter((t) => t.state === "starting").map((t) => t.vm);
+    let tasksNow = await tasks(lab);
+    expect(starting()).toEqual([ha[0]!]);
+    const record = (on: boolean) => JSON.stringify({ on, reason: "test", by: "cli@test", at: lab.now().toISOString() });
+    await lab.admin.management.put(keys.maintenanceHost("host-2"), record(true));
+    await lab.clock.advance(1_000);
+    const seen: string[] = [];
+    for (let round = 0; round < 5; round++) {
+      await answerOrders(lab, () => done, seen);
+      await lab.clock.advance(1_000);
+    }
+    tasksNow = await tasks(lab);
+    expect(seen).toHaveLength(1);
+    expect([...tasksNow.values()].map((t) => t.state).sort()).toEqual(["done", "queued", "queued"]);
+    await lab.admin.management.put(keys.maintenanceHost("host-2"), record(false));
+    for (let round = 0; round < 6; round++) {
+      await lab.clock.advance(1_000);
+      await answerOrders(lab, () => done, seen);
+    }
+    await lab.clock.advance(1_000);
+    expect([...(await tasks(lab)).values()].map((t) => t.state)).toEqual(["done", "done", "done"]);
+    await lab.stop();
+  });
+
   test("a lease still held is a wait, not an attempt; five failed starts give up with an event", async () => {
     const lab = new Lab();
     await lab.setup(4);

@@ -155,6 +155,22 @@ describe("lockd ask & wait", () => {
     await h.space.clock.run(h.daemon.stop());
   });
 
+  test("an acquire whose last write times out but lands later is retracted: no lease stays ours on disk without a VM (found by the simulator)", async () => {
+    const h = await host({ vms: ["vm-a"] });
+    const slot = 3;
+    const leaderOffset = slotOffset(layout({ sectorSize: 512, hosts: 8, slots: 4 }), slot);
+    // The lease device (lockd's second): the write of the slot's leader record takes 1.5 T.
+    h.devices[1]!.setFault({ kind: "delay", ms: 1.5 * T }, "write", leaderOffset);
+    const reply = await h.space.clock.run(h.daemon.handle({ id: 7, op: "acquire", vm: "vm-d", slot }));
+    expect(reply).toMatchObject({ ok: false });
+    h.devices[1]!.setFault(undefined);
+    await h.advance(3 * T);
+    const leader = (await h.space.clock.run(inquireLease(h.daemon.lease, slot, { device: h.space.device("check") }))).leader;
+    expect(leader).toMatchObject({ resource: "vm-d", ownerHostId: 1, state: "released" });
+    expect(h.daemon.status()).toMatchObject({ leases: [{ slot: 0, vm: "vm-a" }] });
+    await h.space.clock.run(h.daemon.stop());
+  });
+
   test("answer no-fence: VMs kept past renewal-fail on a grace renewed by asking again; storage back → renewed, re-validated, all kept", async () => {
     const h = await host();
     const r = await hangAfterRenewal(h);
