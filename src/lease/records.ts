@@ -231,8 +231,13 @@ function writeId(bytes: Uint8Array, at: number, id: string): void {
   bytes.set(Uint8Array.from(id.match(/../g)!, (pair) => Number.parseInt(pair, 16)), at);
 }
 
+/** Two hex digits for each byte value: every delta record read decodes an id (renewals, the simulator). */
+const hexOfByte = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, "0"));
+
 function readId(bytes: Uint8Array, at: number): string {
-  return Array.from(bytes.subarray(at, at + idBytes), (b) => b.toString(16).padStart(2, "0")).join("");
+  let id = "";
+  for (let i = at; i < at + idBytes; i++) id += hexOfByte[bytes[i]!]!;
+  return id;
 }
 
 const hex = (value: number) => `0x${value.toString(16).padStart(8, "0")}`;
