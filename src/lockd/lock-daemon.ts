@@ -87,7 +87,7 @@ const maxSubscribers = 8;
 
 export class LockDaemon {
   readonly #leases = new Map<number, HeldLease>();
-  /** Slots whose acquire failed on I/O, with their VM, until checked on disk (#doubt). */
+  /** Slots that may be ours on disk with no VM under them — an acquire that failed on I/O, a fenced lease — until checked (#retract). */
   readonly #inDoubt = new Map<number, string>();
   /** Per slot, the tail of its request queue: requests for one slot run one after another. */
   readonly #slotQueues = new Map<number, Promise<unknown>>();
@@ -491,17 +491,12 @@ export class LockDaemon {
     this.#fenced = { atMs: this.env.clock.nowMs(), reason, vms, failed: [...failed] };
     await this.#persist().catch((error: unknown) => log.error("could not persist lockd state", { error }));
     this.#publish({ event: "fenced", reason, vms, failed: [...failed] });
-    if (this.lease.phase() !== "failed") {
-      // Queued on their slots all at once, before any await: a request for one of them waits for its release.
-      const releases = leases
-        .filter((l) => !failed.has(l.resource))
-        .map((lease) =>
-          this.#inSlot(lease.slot, () => releaseLease(this.lease, lease.slot, lease.resource, { device: this.leaseDevice, lver: lease.lver })).catch((error: unknown) =>
-            log.warn("could not release the lease of a fenced VM; it frees itself at host-dead", { vm: lease.resource, error }),
-          ),
-        );
-      await Promise.all(releases);
-    }
+    // Not released now: fencing comes when the storage is in trouble, and a release written now
+    // may land much later — after host-dead, over the leader record of a host that took the
+    // lease meanwhile (the simulator found that). Released after the next good renewal instead,
+    // through the in-doubt check (released if still ours on disk); until then, or if that never
+    // comes, they free themselves at host-dead.
+    if (this.lease.phase() !== "failed") for (const lease of leases) if (!failed.has(lease.resource)) this.#inDoubt.set(lease.slot, lease.resource);
   }
 
   /**
