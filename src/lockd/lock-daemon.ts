@@ -89,6 +89,8 @@ export class LockDaemon {
   readonly #leases = new Map<number, HeldLease>();
   /** Slots that may be ours on disk with no VM under them — an acquire that failed on I/O, a fenced lease — until checked (#retract). */
   readonly #inDoubt = new Map<number, string>();
+  /** Slots whose check (#retract) is queued or running. */
+  readonly #retracting = new Set<number>();
   /** Per slot, the tail of its request queue: requests for one slot run one after another. */
   readonly #slotQueues = new Map<number, Promise<unknown>>();
   #inFlight = 0;
@@ -198,14 +200,16 @@ export class LockDaemon {
   }
 
   /**
-   * An acquire failed on I/O: its last write may still land (a stuck write completes later) and
-   * make the lease ours on disk with no VM and no lockd that knows it — stranded while this host
-   * lives. It is retracted (released if ours) once the slot's queue gets to it, and again after
-   * each good renewal until that works (DESIGN §4.1 rule 5; the simulator found the stranding).
+   * A slot that may be ours on disk with no VM under it is checked, and released if ours, once
+   * its queue gets to it: after an acquire that failed on I/O (its last write may still land: a
+   * stuck write completes later, stranding the lease for as long as this host lives — DESIGN
+   * §4.1 rule 5), and after each good renewal for the slots still in doubt (fenced leases, checks
+   * that failed). At most one check per slot waits in its queue.
    */
-  #doubt(slot: number, vm: string): void {
-    this.#inDoubt.set(slot, vm);
-    void this.#inSlot(slot, () => this.#retract(slot));
+  #queueRetraction(slot: number): void {
+    if (this.#retracting.has(slot)) return;
+    this.#retracting.add(slot);
+    void this.#inSlot(slot, () => this.#retract(slot)).finally(() => this.#retracting.delete(slot));
   }
 
   async #retract(slot: number): Promise<void> {
@@ -216,19 +220,18 @@ export class LockDaemon {
       // Without a version: the slot is read first, and released only if this incarnation holds it.
       const outcome = await releaseLease(this.lease, slot, vm, { device: this.leaseDevice });
       // Another host's ballot meanwhile (it finds our unfinished one, and must leave it to us): look again.
-      if (outcome === "contended") return log.warn("an acquisition that failed on I/O is still undecided; again after the next renewal", { vm, slot });
+      if (outcome === "contended") return log.warn("a lease in doubt is still undecided; again after the next renewal", { vm, slot });
       this.#inDoubt.delete(slot);
-      if (outcome === "released") log.warn("retracted an acquisition that failed on I/O but reached the disk", { vm, slot });
+      if (outcome === "released") log.info("released a lease in doubt that was still ours (no VM runs under it)", { vm, slot });
     } catch (error) {
-      log.warn("could not yet check an acquisition that failed on I/O; again after the next renewal", { vm, slot, error });
+      log.warn("could not yet check a lease in doubt; again after the next renewal", { vm, slot, error });
     }
   }
 
   /**
-   * Runs `work` on `slot` once everything queued on that slot before it is done: requests, and
-   * the releases of fencing — an acquire must not read a slot whose release is still on its way
-   * to the disk (it would find the lease still ours, and the release would then free it under a
-   * running VM: found by the simulator).
+   * Runs `work` on `slot` once everything queued on that slot before it is done — requests and
+   * checks of leases in doubt: an acquire never reads a slot while a write of ours to it is still
+   * on its way to the disk.
    */
   async #inSlot<T>(slot: number, work: () => Promise<T>): Promise<T> {
     const previous = this.#slotQueues.get(slot) ?? Promise.resolve();
@@ -295,7 +298,10 @@ export class LockDaemon {
           try {
             result = await acquireLease(this.lease, request.slot, request.vm, { device: this.leaseDevice });
           } catch (error) {
-            if (error instanceof IoError) this.#doubt(request.slot, request.vm);
+            if (error instanceof IoError) {
+              this.#inDoubt.set(request.slot, request.vm);
+              this.#queueRetraction(request.slot);
+            }
             throw error;
           }
           this.#inDoubt.delete(request.slot);
@@ -355,7 +361,7 @@ export class LockDaemon {
         await this.#persist().catch((error: unknown) => log.error("could not persist lockd state", { error }));
         this.#nudgeSupervisor?.();
         if (this.#revalidationDue !== undefined) await this.#revalidate();
-        for (const slot of this.#inDoubt.keys()) void this.#inSlot(slot, () => this.#retract(slot));
+        for (const slot of this.#inDoubt.keys()) this.#queueRetraction(slot);
         continue;
       }
       const phase = this.lease.phase();

@@ -71,7 +71,12 @@ export class SimHost {
   #boot = 1;
   #pid = 100;
   readonly #lockdPids = new Map<number, ProcessGate>();
+  /** lockd's state file, as written (a string: each read gets its own copy, like a file). */
   #lockdState: string | undefined;
+
+  #readLockdState(): LockdState | undefined {
+    return this.#lockdState === undefined ? undefined : (JSON.parse(this.#lockdState) as LockdState);
+  }
   lockd: Running<LockDaemon> = { gate: dead("lockd"), instance: undefined };
   agent: Running<Agent> & { links: MemoryKv[]; connections: Set<LockdConnection & { close(): void }> } = { gate: dead("agent"), instance: undefined, links: [], connections: new Set() };
   watchdog: Running<Watchdog> = { gate: dead("watchdog"), instance: undefined };
@@ -138,11 +143,7 @@ export class SimHost {
     const pid = ++this.#pid;
     this.#lockdPids.set(pid, gate);
     this.lockd = { gate, instance: undefined };
-    const store: StateStore = {
-      name: "memory",
-      read: async () => (this.#lockdState === undefined ? undefined : (JSON.parse(this.#lockdState) as LockdState)),
-      write: async (state) => void (this.#lockdState = JSON.stringify(state)),
-    };
+    const store: StateStore = { name: "memory", read: async () => this.#readLockdState(), write: async (state) => void (this.#lockdState = JSON.stringify(state)) };
     const daemon = await gate.run(() =>
       LockDaemon.start(
       { leaseFile: "lease", hostId: this.hostId, hostName: this.name, ioTimeoutMs: this.env.ioTimeoutMs, idAllocation: "configured" },
@@ -174,7 +175,8 @@ export class SimHost {
   #startWatchdog(): void {
     if (this.watchdog.gate.state !== "dead") return;
     const gate = new ProcessGate(`${this.name} watchdog`);
-    const store: StateStore = { name: "memory", read: async () => (this.#lockdState === undefined ? undefined : (JSON.parse(this.#lockdState) as LockdState)), write: async () => {} };
+    // The watchdog only reads lockd's state file.
+    const store: StateStore = { name: "memory", read: async () => this.#readLockdState(), write: async () => {} };
     const clock = gate.clock(this.env.clock);
     const watchdog = new Watchdog({ clock, store: gate.wrap(store), hypervisor: gate.wrap(this.#fencingHypervisor()), bootId: this.bootId });
     this.watchdog = { gate, instance: watchdog };
