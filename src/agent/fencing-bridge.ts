@@ -50,6 +50,8 @@ export interface FencingBridgeOptions {
 export class FencingBridge {
   #outstanding: { question: LockdQuestion; answered: boolean } | undefined;
   #stopping = false;
+  /** Wakes the loop idling for a question (set only while it idles). */
+  #wake: (() => void) | undefined;
   readonly #subscription: { close(): void };
   readonly done: Promise<void>;
 
@@ -61,21 +63,31 @@ export class FencingBridge {
   async stop(): Promise<void> {
     this.#stopping = true;
     this.#subscription.close();
+    this.#wake?.();
     await this.done;
   }
 
   async #asked(question: LockdQuestion): Promise<void> {
     if (this.#outstanding?.question.question === question.question) return;
     this.#outstanding = { question, answered: false };
+    this.#wake?.();
     const { host, keys, now } = this.options;
     const record: FencingEventRecord = { host, question: question.question, vms: question.vms, reason: question.reason, answerWithinMs: question.answerWithinMs, at: now().toISOString() };
     log.warn("lockd asks whether to fence: fencing event sent on every plane", { question: question.question, reason: question.reason, vms: question.vms.length });
     await this.#everyPlane("send the fencing event", (kv) => kv.put(keys.fencing(host, question.question), JSON.stringify(record)));
   }
 
-  /** Bounded by stop(): one look every fencingPollMs while a question is outstanding. */
+  /**
+   * Bounded by stop(): one look every fencingPollMs while a question is outstanding; idle (no
+   * timer) until lockd asks one — most hosts never have one, and the simulator runs thousands.
+   */
   async #run(): Promise<void> {
     while (!this.#stopping) {
+      if (this.#outstanding === undefined) {
+        await new Promise<void>((wake) => (this.#wake = wake));
+        this.#wake = undefined;
+        continue;
+      }
       await this.options.clock.sleep(fencingPollMs);
       const outstanding = this.#outstanding;
       if (outstanding === undefined || this.#stopping) continue;

@@ -54,6 +54,8 @@ export class SelfFence {
   #fenced = false;
   /** The VMs the current episode stopped. */
   #fencedVms: readonly string[] = [];
+  /** Whether the last attempt to ask lockd for its leases failed (its error is logged once per streak). */
+  #lockdUnanswered = false;
   #stopping = false;
   readonly #watchers: PrefixWatcher[];
   readonly done: Promise<void>;
@@ -93,9 +95,12 @@ export class SelfFence {
       try {
         leases = await lockd.heldLeases();
       } catch (error) {
-        log.error("self-fencing: cannot ask lockd which leases this host holds; retrying", { error: errorMessage(error) });
+        // Said once per streak: lockd may be down for minutes (its restarts), asked twice a second.
+        if (!this.#lockdUnanswered) log.error("self-fencing: cannot ask lockd which leases this host holds; retrying until it answers", { error: errorMessage(error) });
+        this.#lockdUnanswered = true;
         continue;
       }
+      this.#lockdUnanswered = false;
       log.warn("self-fencing: stopping this host's HA VMs and releasing their leases", { reason: verdict.reason, vms: leases.map((l) => l.vm) });
       for (const lease of leases) {
         // In turn with any other action on the VM: a restart in place under way holds its lease

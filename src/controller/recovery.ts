@@ -84,6 +84,14 @@ export class RecoveryExecutor {
   readonly #watchers: PrefixWatcher[] = [];
   /** Per VM the last step could not place, why: the warning is logged when that changes. */
   #unplacedReasons = new Map<string, string>();
+  /** Bumped by every change to what this executor follows (watches, its own task writes). */
+  #inputsVersion = 0;
+  /**
+   * What the last plan that started nothing was made from. planRecovery is a pure function of
+   * these (time only decides which tasks are due): the same inputs again plan nothing again, so
+   * the rechecks of blocked tasks cost nothing while nothing changes.
+   */
+  #idlePlanInputs: string | undefined;
   /** Parsed resources per VM (#resourcesOf): bounded by the VMs registered during this leader's term. */
   readonly #resources = new Map<string, { readonly modRevision: bigint; readonly resources: DomainResources | undefined }>();
 
@@ -243,6 +251,10 @@ export class RecoveryExecutor {
     const held = this.env.heldSources();
     const tasks = [...this.tasks.values()].filter((t) => isOpen(t.record) && !(t.unconfirmed === true && t.record.state !== "starting") && !(t.record.state !== "starting" && held.has(t.record.source))).map((t) => t.record);
     if (!tasks.some((t) => t.state === "queued" || t.state === "retrying")) return;
+    const eligible = this.env.eligibleHosts();
+    const due = tasks.filter((t) => (t.state === "queued" || t.state === "retrying") && t.notBeforeMs <= nowMs).length;
+    const inputs = `${this.#inputsVersion} ${due} ${settings.recoveryConcurrency}/${settings.recoveryConcurrencyPerHost} ${[...held].sort().join(",")} ${[...eligible].sort().join(",")}`;
+    if (inputs === this.#idlePlanInputs) return;
     const vmInfo = new Map<string, { uuid: string; memoryKiB: number; vcpus: number; group: string; priority: number }>();
     for (const task of tasks) {
       const vm = this.vms.get(task.vm)?.record;
@@ -250,7 +262,8 @@ export class RecoveryExecutor {
       if (vm === undefined || resources === undefined) continue;
       vmInfo.set(vm.uuid, { uuid: vm.uuid, ...resources, group: vm.group, priority: vm.priority });
     }
-    const plan = planRecovery({ tasks, vms: vmInfo, candidates: this.#candidates(tasks), limits: { global: settings.recoveryConcurrency, perHost: settings.recoveryConcurrencyPerHost }, nowMs });
+    const plan = planRecovery({ tasks, vms: vmInfo, candidates: this.#candidates(tasks, eligible), limits: { global: settings.recoveryConcurrency, perHost: settings.recoveryConcurrencyPerHost }, nowMs });
+    this.#idlePlanInputs = plan.start.length === 0 ? inputs : undefined;
     await forEachConcurrently(plan.start, writeConcurrency, async ({ task, target }) => {
       const held = this.tasks.get(task.vm)!;
       // The order goes with the task's move to "starting", in one transaction: no leader can stop
@@ -270,7 +283,7 @@ export class RecoveryExecutor {
   }
 
   /** Each registered host with its capacity, what runs on it, and what is being started on it (one pass over each). */
-  #candidates(tasks: readonly RecoveryTask[]): Candidate[] {
+  #candidates(tasks: readonly RecoveryTask[], eligible: ReadonlySet<string>): Candidate[] {
     const usage = new Map<string, { usedMemoryKiB: number; usedVcpus: number; starting: number; groups: Set<string> }>();
     for (const { record: host } of this.hosts.values()) usage.set(host.name, { usedMemoryKiB: 0, usedVcpus: 0, starting: 0, groups: new Set() });
     const add = (host: string | null, uuid: string, starting: boolean) => {
@@ -287,7 +300,6 @@ export class RecoveryExecutor {
     };
     for (const { record } of this.vmStates.values()) if (record.state === "running" || record.state === "paused") add(record.host, record.vm, false);
     for (const task of tasks) if (task.state === "starting") add(task.target, task.vm, true);
-    const eligible = this.env.eligibleHosts();
     return [...this.hosts.values()].map(({ record: host }) => ({ name: host.name, eligible: eligible.has(host.name), cpus: host.capacity.cpus, memoryKiB: host.capacity.memoryKiB, ...usage.get(host.name)! }));
   }
 
@@ -325,6 +337,7 @@ export class RecoveryExecutor {
       const decoded = decodeEntry(fresh, vmRecord);
       if ("bad" in decoded) return;
       this.vms.set(uuid, { record: decoded.record, modRevision: decoded.modRevision });
+      this.#inputsVersion++;
     }
   }
 
@@ -339,7 +352,10 @@ export class RecoveryExecutor {
     // fails until the watch brings the real one (which it does: the write happened). Not if the
     // watch has brought it already (the revision moved on).
     const known = this.tasks.get(task.vm);
-    if ((known?.modRevision ?? 0n) === modRevision) this.tasks.set(task.vm, { record: task, modRevision, unconfirmed: true });
+    if ((known?.modRevision ?? 0n) === modRevision) {
+      this.tasks.set(task.vm, { record: task, modRevision, unconfirmed: true });
+      this.#inputsVersion++;
+    }
     return true;
   }
 
@@ -372,6 +388,7 @@ export class RecoveryExecutor {
   #follow<T>(prefix: string, codec: Codec<T>, into: Map<string, Held<T>>, keyOf: (record: T) => string): void {
     const byKey = new Map<string, string>();
     const apply = (key: string, entry: KvEntry | undefined) => {
+      this.#inputsVersion++;
       const previous = byKey.get(key);
       if (previous !== undefined) into.delete(previous);
       byKey.delete(key);

@@ -36,6 +36,7 @@ interface Timer {
 export class VirtualClock implements Clock {
   #nowMs: number;
   #sequence = 0;
+  /** A binary min-heap on (atMs, sequence): the simulator keeps hundreds of sleepers and fires hundreds of thousands. */
   readonly #timers: Timer[] = [];
 
   constructor(startMs = 1_000_000) {
@@ -48,9 +49,7 @@ export class VirtualClock implements Clock {
 
   sleep(ms: number): Promise<void> {
     if (!(ms >= 0)) throw new RangeError(`sleep(${ms})`);
-    return new Promise((wake) => {
-      this.#timers.push({ atMs: this.#nowMs + ms, sequence: this.#sequence++, wake });
-    });
+    return new Promise((wake) => this.#push({ atMs: this.#nowMs + ms, sequence: this.#sequence++, wake }));
   }
 
   /** Moves time forward by `ms`, waking every sleeper due by then, in order. */
@@ -58,9 +57,9 @@ export class VirtualClock implements Clock {
     const targetMs = this.#nowMs + ms;
     for (;;) {
       await settle();
-      const next = this.#earliest();
+      const next = this.#timers[0];
       if (next === undefined || next.atMs > targetMs) break;
-      this.#fire(next);
+      this.#fireEarliest();
     }
     this.#nowMs = targetMs;
     await settle();
@@ -83,26 +82,47 @@ export class VirtualClock implements Clock {
         if (outcome.ok) return outcome.value;
         throw outcome.error;
       }
-      const next = this.#earliest();
-      if (next === undefined) throw new Error("VirtualClock.run: the work waits on something other than this clock");
-      this.#fire(next);
+      if (this.#timers.length === 0) throw new Error("VirtualClock.run: the work waits on something other than this clock");
+      this.#fireEarliest();
     }
     throw new Error(`VirtualClock.run: not done after ${maxSteps} timer firings`);
   }
 
-  #earliest(): Timer | undefined {
-    let best: Timer | undefined;
-    for (const timer of this.#timers) {
-      if (best === undefined || timer.atMs < best.atMs || (timer.atMs === best.atMs && timer.sequence < best.sequence)) best = timer;
+  #push(timer: Timer): void {
+    const heap = this.#timers;
+    let at = heap.push(timer) - 1;
+    while (at > 0) {
+      const parent = (at - 1) >> 1;
+      if (!earlier(timer, heap[parent]!)) break;
+      heap[at] = heap[parent]!;
+      at = parent;
     }
-    return best;
+    heap[at] = timer;
   }
 
-  #fire(timer: Timer): void {
-    this.#timers.splice(this.#timers.indexOf(timer), 1);
-    this.#nowMs = Math.max(this.#nowMs, timer.atMs);
-    timer.wake();
+  #fireEarliest(): void {
+    const heap = this.#timers;
+    const first = heap[0]!;
+    const last = heap.pop()!;
+    if (heap.length > 0) {
+      let at = 0;
+      for (;;) {
+        const left = 2 * at + 1;
+        if (left >= heap.length) break;
+        const child = left + 1 < heap.length && earlier(heap[left + 1]!, heap[left]!) ? left + 1 : left;
+        if (!earlier(heap[child]!, last)) break;
+        heap[at] = heap[child]!;
+        at = child;
+      }
+      heap[at] = last;
+    }
+    this.#nowMs = Math.max(this.#nowMs, first.atMs);
+    first.wake();
   }
+}
+
+function earlier(a: Timer, b: Timer): boolean {
+  return a.atMs < b.atMs || (a.atMs === b.atMs && a.sequence < b.sequence);
 }
 
 /** Lets every pending promise reaction run (a macrotask turn drains the microtask queue). */

@@ -246,10 +246,10 @@ describe("control plane on in-memory etcd and virtual time", () => {
 });
 
 /** The registry's HA VMs on `host`: vm-1..vm-N, priorities as given, 1 GiB and 1 vCPU each. */
-async function registerVms(lab: Lab, host: string, priorities: number[], options: { ha?: boolean; prefix?: string } = {}): Promise<string[]> {
+async function registerVms(lab: Lab, host: string, priorities: number[], options: { ha?: boolean; prefix?: string; firstNumber?: number } = {}): Promise<string[]> {
   const uuids: string[] = [];
   for (const [i, priority] of priorities.entries()) {
-    const uuid = `6c1a2b3c-0000-4000-8000-${String(uuids.length + 1 + (options.prefix === undefined ? 0 : 100)).padStart(12, "0")}`;
+    const uuid = `6c1a2b3c-0000-4000-8000-${String(uuids.length + (options.firstNumber ?? (options.prefix === undefined ? 1 : 101))).padStart(12, "0")}`;
     const xml = `<domain type='test'><name>${options.prefix ?? "vm"}-${i + 1}</name><uuid>${uuid}</uuid><memory unit='GiB'>1</memory><vcpu>1</vcpu></domain>`;
     await addVm(lab.admin.management, keys, { definition: readDomainDefinition(xml), ha: options.ha ?? true, priority, group: "", host }, { now: lab.now });
     uuids.push(uuid);
@@ -338,6 +338,35 @@ describe("recovery on in-memory etcd and virtual time", () => {
     }
     await lab.clock.advance(1_000);
     expect([...(await tasks(lab)).values()].map((t) => t.state)).toEqual(["done", "done", "done"]);
+    await lab.stop();
+  });
+
+  test("VMs with nowhere to go wait, unplanned while nothing changes, and start once a host can take them", async () => {
+    const lab = new Lab();
+    await lab.setup(4);
+    await lab.admin.management.put(keys.settings, JSON.stringify({ ...settingsToJson(defaultSettings), heartbeat_interval_ms: 1_000, heartbeat_ttl_ms: ttlMs }));
+    // host-1 and host-4 are full (16 GiB each, 16 VMs of 1 GiB running); host-3 lost its service
+    // plane (row 5: no HA, and not healthy enough to take VMs).
+    for (const [host, firstNumber] of [["host-1", 101], ["host-4", 201]] as const) {
+      for (const vm of await registerVms(lab, host, Array.from({ length: 16 }, () => 0), { ha: false, prefix: `filler-${host}`, firstNumber })) {
+        await lab.admin.management.put(keys.vmState(host, vm), JSON.stringify({ vm, host, name: vm, state: "running", at: lab.now().toISOString() }));
+      }
+    }
+    lab.setLinks("host-3", { management: "up", service: "down", storage: "up" });
+    const ha = await registerVms(lab, "host-2", [1, 2]);
+    lab.setLinks("host-2", { management: "down", service: "down", storage: "down" });
+    await lab.clock.advance(ttlMs + graceMs + 2_000);
+    expect([...(await tasks(lab)).values()].map((t) => t.state)).toEqual(["queued", "queued"]);
+    await lab.clock.advance(10_000);
+    expect([...(await tasks(lab)).values()].map((t) => t.state)).toEqual(["queued", "queued"]);
+    // Only the set of hosts VMs may go to changes: nothing the recovery follows itself.
+    lab.setLinks("host-3", { management: "up", service: "up", storage: "up" });
+    await lab.clock.advance(3_000);
+    const after = await tasks(lab);
+    expect(ha.map((vm) => [after.get(vm)?.state, after.get(vm)?.target])).toEqual([
+      ["starting", "host-3"],
+      ["starting", "host-3"],
+    ]);
     await lab.stop();
   });
 
