@@ -50,6 +50,8 @@ export class MemoryDevice implements SectorDevice {
   /** Wakes operations blocked by a hang when the fault changes. */
   #unhang: Array<() => void> = [];
   #closed = false;
+  /** The process using it died (see processDied). */
+  #orphaned = false;
   /** The last batch handed to the device: batches run one after another, as in DirectDevice's worker thread. */
   #tail: Promise<unknown> = Promise.resolve();
 
@@ -73,7 +75,10 @@ export class MemoryDevice implements SectorDevice {
     checkBatch(this, ops, timeoutMs);
     // In order, after every earlier batch, even one whose caller timed out: a stuck syscall holds
     // up the device's worker, and what comes after it sees what it wrote.
-    const work = this.#tail.then(() => this.#run(ops));
+    const work = this.#tail.then(() => {
+      if (this.#orphaned) throw new IoError(`${this.name}: the process that asked for this I/O is gone`);
+      return this.#run(ops);
+    });
     // The work goes on after a timeout, as a stuck syscall would: its writes may land later.
     this.#tail = work.catch(() => {});
     const expired = this.clock.sleep(timeoutMs).then(() => {
@@ -85,6 +90,17 @@ export class MemoryDevice implements SectorDevice {
 
   async close(): Promise<void> {
     this.#closed = true;
+  }
+
+  /**
+   * The process using the device died (SIGKILL, power loss): batches it queued and the device has
+   * not started never run — they died with its worker thread — while the one under way, a syscall
+   * in the kernel, still completes. (The simulator found a killed lockd's queue of renewals behind
+   * slow storage landing for many minutes, over the next incarnation's host lease.)
+   */
+  processDied(): void {
+    this.#closed = true;
+    this.#orphaned = true;
   }
 
   async #run(ops: readonly IoOp[]): Promise<Uint8Array[]> {

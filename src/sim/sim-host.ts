@@ -67,7 +67,8 @@ export class SimHost {
   readonly hypervisor: MemoryHypervisor;
   readonly planeFaults = new Map<Plane, LinkFault>();
   #storageFault: Fault | undefined;
-  #devices: MemoryDevice[] = [];
+  /** The lease storage as each lockd incarnation opened it (its gate: the process that did). */
+  #devices: Array<{ readonly gate: ProcessGate; readonly device: MemoryDevice }> = [];
   #boot = 1;
   #pid = 100;
   readonly #lockdPids = new Map<number, ProcessGate>();
@@ -149,7 +150,7 @@ export class SimHost {
       { leaseFile: "lease", hostId: this.hostId, hostName: this.name, ioTimeoutMs: this.env.ioTimeoutMs, idAllocation: "configured" },
       {
         clock: gate.clock(this.env.clock),
-        openDevice: async () => gate.wrap(this.#openDevice()),
+        openDevice: async () => gate.wrap(this.#openDevice(gate)),
         bootId: this.bootId,
         pid,
         lockdAlive: async (previous) => this.#lockdPids.get(previous)?.state !== undefined && this.#lockdPids.get(previous)?.state !== "dead",
@@ -230,6 +231,9 @@ export class SimHost {
     const running = this[process];
     running.gate.kill();
     running.instance = undefined;
+    // Its queued I/O dies with it; the batch under way stays in the list, to complete (or hang)
+    // as the storage's faults say — a syscall in the kernel outlives the process.
+    if (process === "lockd") for (const { device } of this.#devices.filter((d) => d.gate === running.gate)) device.processDied();
     if (process === "agent") for (const link of this.agent.links) link.close();
     // Either end of the agent's subscriptions to lockd going closes them.
     if (process !== "watchdog") for (const connection of this.agent.connections) connection.close();
@@ -248,8 +252,6 @@ export class SimHost {
   /** Power off: every process dies with every VM. */
   powerOff(): void {
     for (const process of ["agent", "watchdog", "lockd"] as const) this.kill(process);
-    for (const device of this.#devices) void device.close();
-    this.#devices = [];
     this.powered = false;
     for (const uuid of this.hypervisor.activeUuids()) this.hypervisor.crash(uuid);
     this.env.trace(`${this.name} powered off`);
@@ -277,17 +279,17 @@ export class SimHost {
   /** This host's path to the lease storage: slow, hung, failing, or (undefined) healthy. */
   setStorageFault(fault: Fault | undefined): void {
     this.#storageFault = fault;
-    for (const device of this.#devices) device.setFault(fault);
+    for (const { device } of this.#devices) device.setFault(fault);
   }
 
   get storageFault(): Fault | undefined {
     return this.#storageFault;
   }
 
-  #openDevice(): MemoryDevice {
+  #openDevice(gate: ProcessGate): MemoryDevice {
     const device = new Device(this.env.storage, this.env.clock, `${this.name}:lease`);
     device.setFault(this.#storageFault);
-    this.#devices.push(device);
+    this.#devices.push({ gate, device });
     return device;
   }
 

@@ -1,10 +1,10 @@
 import { join } from "node:path";
 
 export interface TestConfig {
-  /** One endpoint per plane; all three may be the same cluster. */
-  management: string;
-  storage?: string;
-  service?: string;
+  /** One cluster per plane (an endpoint, or a member list); all three may be the same cluster. */
+  management: string | readonly string[];
+  storage?: string | readonly string[];
+  service?: string | readonly string[];
   /** Key prefix, unique per test so tests sharing an etcd never see each other's keys. */
   prefix?: string;
   dialTimeoutMs?: number;
@@ -16,7 +16,7 @@ export interface TestConfig {
 /** Writes a fitha.toml into `dir` and returns its path. */
 export async function writeConfig(dir: string, config: TestConfig): Promise<string> {
   const path = join(dir, "fitha.toml");
-  const cluster = (endpoint: string) => `endpoints = [${JSON.stringify(endpoint)}]`;
+  const cluster = (endpoints: string | readonly string[]) => `endpoints = [${(typeof endpoints === "string" ? [endpoints] : endpoints).map((e) => JSON.stringify(e)).join(", ")}]`;
   await Bun.write(
     path,
     [

@@ -54,7 +54,7 @@ describe("fitha maintenance", () => {
     expect((await scope.fitha("maintenance", "on", "--host", "compute-1", "--reason", "disk swap")).stdout).toBe("maintenance of host compute-1 is on\n");
     const status = JSON.parse((await scope.fitha("status", "--json")).stdout);
     expect(status.state.maintenance).toEqual({ global: null, hosts: [{ host: "compute-1", reason: "disk swap", by: operator, at: isoTime }] });
-    expect(status.state.hosts).toEqual([{ name: "compute-1", maintenance: true, recovery_requested: false, view: null }]);
+    expect(status.state.hosts).toEqual([{ name: "compute-1", host_id: 1, maintenance: true, recovery_requested: false, view: null }]);
     expect((await scope.fitha("maintenance")).stdout).toMatch(/^maintenance: off cluster-wide\n  host compute-1 on since .+: disk swap\n$/);
 
     // A host deregistered while in maintenance can still be switched off.

@@ -124,6 +124,7 @@ describe("fitha status", () => {
       hosts: [
         {
           name: "compute-1",
+          host_id: 1,
           maintenance: false,
           recovery_requested: true,
           view: {
@@ -134,7 +135,7 @@ describe("fitha status", () => {
             leader: "ctl-1",
           },
         },
-        { name: "compute-2", maintenance: true, recovery_requested: false, view: null },
+        { name: "compute-2", host_id: 2, maintenance: true, recovery_requested: false, view: null },
       ],
       recovery_requests: [{ host: "compute-1", requested_at: time, age_ms: age, reason: "storage down for 90 s", planes: { management: "up", storage: "down", service: "up" } }],
       events: [5, 4, 3, 2, 1].map((minute) => ({ sequence: expect.any(String), time, host: "compute-1", kind: "plane-up", reason: `event ${minute} min ago`, by: "controller@ctl-1" })),

@@ -26,7 +26,8 @@ export const statusEventCount = 5;
  * { "leader": string|null (the controller that leads; null: none),
  *   "mode": { "mode": "normal"|"maintenance"|"self-defense", "since", "age_ms", "reason", "leader" } | null (null: no controller decided yet),
  *   "maintenance": { "global": { "reason", "by", "at" } | null, "hosts": [ { "host", "reason", "by", "at" } ] },
- *   "hosts": [ { "name", "maintenance": bool, "recovery_requested": bool,
+ *   "hosts": [ { "name", "host_id": number|null (its lockspace host id, lockd's --host-id; null: a bad host record),
+ *                "maintenance": bool, "recovery_requested": bool,
  *                "view": { "planes": { "management"|"storage"|"service": { "state": "up"|"down"|"unknown", "since", "age_ms" } },
  *                          "decision": "ha-needed"|"healthy"|"strategy"|"grace"|"platform-fault"|"maintenance"|"self-defense",
  *                          "reason", "at", "leader" } | null (null: no controller view yet) } ],
@@ -46,6 +47,7 @@ export interface ClusterStateJson {
 
 export interface HostStatusJson {
   name: string;
+  host_id: number | null;
   maintenance: boolean;
   recovery_requested: boolean;
   view: {
@@ -98,9 +100,9 @@ export async function readClusterState(kv: Kv, keys: Keys, nowMs: number): Promi
     const name = hostOfKey(keys.hostsPrefix, entry.key);
     if (name === undefined) return [];
     // The record itself is the agent's business; a bad one is still a registered host.
-    good(decodeEntry(entry, hostRecord));
+    const record = good(decodeEntry(entry, hostRecord));
     const view = views.get(name);
-    return [{ name, maintenance: inMaintenance.has(name), recovery_requested: requested.has(name), view: view === undefined ? null : viewJson(view, nowMs) }];
+    return [{ name, host_id: record?.hostId ?? null, maintenance: inMaintenance.has(name), recovery_requested: requested.has(name), view: view === undefined ? null : viewJson(view, nowMs) }];
   });
   bad.push(...maintenance.bad, ...hostStates.bad, ...requests.bad, ...events.bad);
   const json: ClusterStateJson = {
