@@ -2,11 +2,12 @@
 # Debian 12 machine, and does nothing (fast) when everything is already there.
 #   Debian packages: etcd-server (real etcd for tests and the demo), util-linux (setpriv),
 #                    mount + e2fsprogs (loop devices and scratch ext4 for storage-fault tests),
+#                    iproute2 (network namespaces for the fault-injection harness, scripts/harness),
 #                    libvirt0 (libvirt.so.0, opened through bun:ffi) and libvirt-daemon (a private
 #                    libvirtd serving libvirt's test driver to several test processes).
 #   npm packages:    node_modules from package-lock.json (bun, typescript, etcd3, citty, consola).
 
-fitha_apt_packages=(etcd-server util-linux mount e2fsprogs libvirt0 libvirt-daemon)
+fitha_apt_packages=(etcd-server util-linux mount e2fsprogs iproute2 libvirt0 libvirt-daemon)
 
 fitha_log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
 

@@ -400,26 +400,31 @@ export class LockDaemon {
       // A renewal or a grant moved the fail point: the question was about a deadline that is gone.
       if (this.#question !== undefined && this.#question.validUntilMs !== validUntilMs) this.#question = undefined;
       const question = this.#question;
-      if (this.#leases.size > 0) {
-        if (nowMs >= fenceAtMs) {
-          const late = `no successful renewal for ${Math.round(nowMs - this.lease.lastRenewalStartMs)} ms`;
-          await this.#fence(question === undefined ? late : `${late}, and no answer to question ${question.id}`);
-          continue;
-        }
-        if (question?.answer === "fence") {
-          await this.#fence(`answer to question ${question.id}: fence`);
-          continue;
-        }
-        if (question?.answer === "no-fence") {
-          const untilMs = this.lease.grantGrace(question.askedAtMs);
-          log.warn("no-fence: VMs kept running on a grace", { question: question.id, grace_ms: Math.round(untilMs - nowMs), vms: this.#leases.size });
-          await this.#persist().catch((error: unknown) => log.error("could not persist lockd state", { error }));
-          continue;
-        }
-        if (nowMs >= askAtMs && question === undefined) {
-          this.#ask(nowMs, validUntilMs, fenceAtMs);
-          continue;
-        }
+      // A host without VM leases has nothing to fence, yet asks and takes a no-fence grace like
+      // any other: its open question tells the controller "this host cannot reach the storage
+      // either", and the controller answers no-fence to a global fault only when every host that
+      // could read the storage says so. An idle host that kept quiet (or left at renewal-fail)
+      // made every fault look local (found by the fault-injection harness: a whole cluster fenced
+      // for one storage outage).
+      const hasVms = this.#leases.size > 0;
+      if (hasVms && nowMs >= fenceAtMs) {
+        const late = `no successful renewal for ${Math.round(nowMs - this.lease.lastRenewalStartMs)} ms`;
+        await this.#fence(question === undefined ? late : `${late}, and no answer to question ${question.id}`);
+        continue;
+      }
+      if (hasVms && question?.answer === "fence") {
+        await this.#fence(`answer to question ${question.id}: fence`);
+        continue;
+      }
+      if (question?.answer === "no-fence") {
+        const untilMs = this.lease.grantGrace(question.askedAtMs);
+        log.warn("no-fence: the host lease is kept on a grace (VMs keep running)", { question: question.id, grace_ms: Math.round(untilMs - nowMs), vms: this.#leases.size });
+        await this.#persist().catch((error: unknown) => log.error("could not persist lockd state", { error }));
+        continue;
+      }
+      if (nowMs >= askAtMs && question === undefined) {
+        this.#ask(nowMs, validUntilMs, fenceAtMs);
+        continue;
       }
       // Nothing to do until the next deadline, an answer, or a renewal (which moves them).
       const nextMs = nowMs < askAtMs ? askAtMs : nowMs < fenceAtMs ? fenceAtMs : validUntilMs;

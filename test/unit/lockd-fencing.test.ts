@@ -123,6 +123,26 @@ describe("lockd ask & wait", () => {
     await h.space.clock.run(h.daemon.stop());
   });
 
+  test("a lockd without VM leases asks too, and keeps asking on a no-fence grace: it tells the controller this host has storage trouble for as long as it lasts (found by the harness)", async () => {
+    const h = await host({ vms: [] });
+    const r = await hangAfterRenewal(h);
+    await h.advance(r + 4 * T - h.space.clock.nowMs());
+    expect(questions(h)).toEqual([expect.objectContaining({ question: 1, vms: [] })]);
+    expect(await h.daemon.handle({ id: 1, op: "answer", question: 1, answer: "no-fence" })).toMatchObject({ ok: true });
+    await h.advance(1);
+    // Past renewal-fail (8 s): in its grace, asking again 4T after its question.
+    await h.advance(r + 8 * T + 1 - h.space.clock.nowMs());
+    expect(h.daemon.status()).toMatchObject({ phase: "grace" });
+    expect(questions(h).map((q) => q.question)).toEqual([1, 2]);
+    expect(await h.daemon.handle({ id: 2, op: "answer", question: 2, answer: "fence" })).toMatchObject({ ok: true });
+    await h.advance(1);
+    expect(h.events.filter((e) => e.event === "fenced")).toEqual([]);
+    h.heal();
+    await h.advance(2 * T);
+    expect(h.daemon.status()).toMatchObject({ phase: "ok" });
+    await h.space.clock.run(h.daemon.stop());
+  });
+
   test("answer fence: the VMs are destroyed at once, long before renewal-fail", async () => {
     const h = await host();
     const r = await hangAfterRenewal(h);
