@@ -9,9 +9,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { HarnessCluster, type HarnessHost } from "../../scripts/harness/cluster.ts";
 import { eventually } from "../helpers/eventually.ts";
+import { healthy as healthyIn, placement as placementOf, recoveredElsewhere, reportTime, vmsOn } from "../helpers/harness.ts";
 
 let cluster: HarnessCluster;
-const failoverTimeoutMs = 60_000;
 const caseTimeoutMs = 150_000;
 
 beforeAll(async () => {
@@ -22,33 +22,8 @@ afterAll(async () => {
   await cluster?.stop();
 }, 60_000);
 
-/** Where each of `uuids` runs, by the history's last look. */
-function placement(uuids: readonly string[]): string[][] {
-  return uuids.map((vm) => cluster.history.runningOn(vm).sort());
-}
-
-async function healthy(host: HarnessHost): Promise<boolean> {
-  return (await cluster.decision(host)) === "healthy";
-}
-
-/** Two HA VMs and a plain one on `host`, seen running there. */
-async function vmsOn(host: HarnessHost, prefix: string): Promise<{ ha: string[]; plain: string }> {
-  const ha = [await cluster.runVm(host, `${prefix}-ha-1`, { ha: true }), await cluster.runVm(host, `${prefix}-ha-2`, { ha: true, priority: 5 })];
-  const plain = await cluster.runVm(host, `${prefix}-plain`, { ha: false });
-  await eventually(`${host.name} healthy`, () => healthy(host), 30_000, 200);
-  await eventually(`the VMs seen on ${host.name}`, async () => placement([...ha, plain]).every((hosts) => hosts.join() === host.name), 5_000, 50);
-  return { ha, plain };
-}
-
-/** Waits until `uuids` run on exactly one host each, none of them `not`; returns how long that took. */
-async function recoveredElsewhere(uuids: readonly string[], not: HarnessHost, sinceMs: number): Promise<number> {
-  await eventually(`${not.name}'s HA VMs running elsewhere`, async () => placement(uuids).every((hosts) => hosts.length === 1 && hosts[0] !== not.name), failoverTimeoutMs, 100);
-  return performance.now() - sinceMs;
-}
-
-function report(what: string, ms: number): void {
-  console.log(`${what}: ${(ms / 1000).toFixed(1)} s`);
-}
+const placement = (uuids: readonly string[]) => placementOf(cluster, uuids);
+const healthy = (host: HarnessHost) => healthyIn(cluster, host);
 
 describe("the seed's split-brain cases, real processes", () => {
   test("the history sees a VM started twice by hand (the check can fail)", async () => {
@@ -69,7 +44,7 @@ describe("the seed's split-brain cases, real processes", () => {
 
   test("case 1: a running HA VM's lease is in the lockspace: another host's lockd refuses it, naming the holder", async () => {
     const host = cluster.host("host-1");
-    const { ha } = await vmsOn(host, "spawned");
+    const { ha } = await vmsOn(cluster, host, "spawned");
     const slot = (await cluster.fithaJson<{ slot: number }>("vm", "show", ha[0]!)).slot;
     const other = cluster.host("host-3");
     const refused = await cluster.fithaOn(other, "lease", "acquire", ha[0]!, "--slot", String(slot), "--socket", other.socket);
@@ -81,10 +56,10 @@ describe("the seed's split-brain cases, real processes", () => {
 
   test("case 2, one host: its storage hangs; the controller answers fence; its VMs stop there and run on exactly one other host each", async () => {
     const host = cluster.host("host-2");
-    const { ha, plain } = await vmsOn(host, "lun");
+    const { ha, plain } = await vmsOn(cluster, host, "lun");
     const hungAtMs = performance.now();
     await cluster.storageHang([host]);
-    report("case 2 (one host's storage hung) → HA VMs run elsewhere after", await recoveredElsewhere(ha, host, hungAtMs));
+    reportTime("case 2 (one host's storage hung) → HA VMs run elsewhere after", await recoveredElsewhere(cluster, ha, host, hungAtMs));
     // lockd fences what runs under its leases: the plain VM has none and stays.
     expect(placement([plain])).toEqual([["host-2"]]);
     await cluster.storageHealthy([host]);
@@ -94,7 +69,7 @@ describe("the seed's split-brain cases, real processes", () => {
   }, caseTimeoutMs);
   test("case 2, every host: the storage hangs for all; the controller answers no-fence; every VM stays where it is", async () => {
     const host = cluster.host("host-3");
-    const { ha, plain } = await vmsOn(host, "global");
+    const { ha, plain } = await vmsOn(cluster, host, "global");
     const before = placement([...ha, plain]);
     await cluster.storageHang(cluster.hosts);
     // Past the point where an unanswered lockd would have fenced (validUntil − T, ~9 s after the
@@ -111,7 +86,7 @@ describe("the seed's split-brain cases, real processes", () => {
 
   test("case 3: a host cut from the management plane still renews its lease: its VMs keep running there and start nowhere else", async () => {
     const host = cluster.host("host-4");
-    const { ha, plain } = await vmsOn(host, "mgmt");
+    const { ha, plain } = await vmsOn(cluster, host, "mgmt");
     await cluster.cut(host, ["management"]);
     // Heartbeat TTL 2 s + grace 2 s + lease expiry (10 s after a last renewal): long past all of them.
     await Bun.sleep(15_000);
@@ -125,10 +100,10 @@ describe("the seed's split-brain cases, real processes", () => {
 
   test("case 4: a host isolated from every plane stops its HA VMs, which run on exactly one other host each; its plain VM stays", async () => {
     const host = cluster.host("host-1");
-    const { ha, plain } = await vmsOn(host, "iso");
+    const { ha, plain } = await vmsOn(cluster, host, "iso");
     const cutAtMs = performance.now();
     await cluster.cut(host);
-    report("case 4 (host isolated) → HA VMs run elsewhere after", await recoveredElsewhere(ha, host, cutAtMs));
+    reportTime("case 4 (host isolated) → HA VMs run elsewhere after", await recoveredElsewhere(cluster, ha, host, cutAtMs));
     expect(placement([plain])).toEqual([[host.name]]);
     await cluster.heal(host);
     await eventually(`${host.name} healthy again`, () => healthy(host), 30_000, 200);
