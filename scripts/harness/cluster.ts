@@ -20,13 +20,14 @@ import { LibvirtHypervisor } from "../../src/virt/libvirt-hypervisor.ts";
 import { attachLoop, createBlkioCgroup, mountNewExt4, type BlkioCgroup, type LoopDevice, type Mount } from "../../test/helpers/block-device.ts";
 import { writeConfig } from "../../test/helpers/config.ts";
 import { fithaBinary } from "../../test/helpers/fitha.ts";
-import { domainXml, startLibvirtd, type LocalLibvirtd } from "../../test/helpers/libvirtd.ts";
+import { domainXml, startLibvirtd } from "../../test/helpers/libvirtd.ts";
 import { tempDir, type TempDir } from "../../test/helpers/tmp.ts";
 import { Daemon } from "./daemon.ts";
 import { EtcdCluster } from "./etcd-cluster.ts";
 import { Fabric, removeStaleFabrics } from "./fabric.ts";
 import { History } from "./history.ts";
 import { runInNamespace, type CommandResult } from "./namespace-command.ts";
+import { buildGuestKernel, ensureMountPoints, ensureQemuUser, qemuDomainXml, removeMountPoints, startQemuLibvirtd } from "./qemu-host.ts";
 
 export const maxHosts = 20;
 
@@ -58,6 +59,11 @@ export interface HarnessOptions {
   readonly graceMs?: number;
   /** How often the history polls every host's hypervisor (default 20 ms). */
   readonly historyPollMs?: number;
+  /**
+   * The first this many hosts run a real libvirtd with QEMU and fitha's qemu hook (qemu-host.ts)
+   * instead of libvirt's test driver (default 0).
+   */
+  readonly qemuHosts?: number;
 }
 
 /**
@@ -77,8 +83,10 @@ export interface HarnessHost {
   readonly agent: Daemon;
   readonly lockd: Daemon;
   readonly watchdog: Daemon;
+  /** "qemu": a real libvirtd with QEMU guests and the qemu hook; "test": libvirt's test driver. */
+  readonly hypervisorKind: "test" | "qemu";
   /** Replaced at power on; undefined while powered off. */
-  libvirtd: LocalLibvirtd | undefined;
+  libvirtd: { readonly uri: string; readonly qemuRunDir?: string; stop(): Promise<void> } | undefined;
   hypervisor: LibvirtHypervisor | undefined;
   /** lockd's and the watchdog's I/O to the lease storage (for storage faults). */
   readonly storagePath: BlkioCgroup;
@@ -92,6 +100,9 @@ export class HarnessCluster {
   adminConfig = "";
   leaseFile = "";
   #loop: LoopDevice | undefined;
+  /** The guest kernel of QEMU hosts; mount points and the libvirt-qemu user the harness created. */
+  #guestKernel = "";
+  #createdMountPoints: string[] = [];
   #mount: Mount | undefined;
   #stopped: Promise<void> | undefined;
 
@@ -179,7 +190,14 @@ export class HarnessCluster {
   /** Registers a VM on `host` and, if HA, starts it there under its lease — `fitha vm add`, lease acquire, `virsh start`. */
   async runVm(host: HarnessHost, name: string, vm: { ha: boolean; priority?: number; memoryKiB?: number }): Promise<string> {
     const file = join(this.dir.path, `${name}.xml`);
-    await Bun.write(file, domainXml(name, undefined, vm.memoryKiB));
+    if (host.hypervisorKind === "qemu") {
+      // Its disk on the shared storage, as a real VM's would be.
+      const disk = join(this.#mount!.path, `${name}.img`);
+      await Bun.$`truncate -s 1M ${disk}`.quiet();
+      await Bun.write(file, qemuDomainXml(name, this.#guestKernel, disk));
+    } else {
+      await Bun.write(file, domainXml(name, undefined, vm.memoryKiB));
+    }
     const record = await this.fithaJson<{ uuid: string; slot: number | null; xml: string }>("vm", "add", "--xml", file, ...(vm.ha ? ["--ha"] : []), "--priority", String(vm.priority ?? 0), "--host", host.name);
     if (record.slot !== null) {
       const acquired = await LockdVmLeases.overSocket(host.socket, lockdRequestTimeoutMs).acquire(record.uuid, record.slot);
@@ -260,6 +278,7 @@ export class HarnessCluster {
       }
       for (const cluster of Object.values(this.etcd)) await cluster.stop();
       await this.fabric.remove();
+      await removeMountPoints(this.#createdMountPoints);
       await this.#mount?.unmount().catch(() => undefined);
       await this.#loop?.detach().catch(() => undefined);
       // FITHA_HARNESS_KEEP=1 keeps the logs (every daemon's, etcd's) for a look after a failure.
@@ -283,6 +302,13 @@ export class HarnessCluster {
     this.adminConfig = await writeConfig(adminDir, { ...endpoints, dialTimeoutMs: 1_000, requestTimeoutMs: 3_000 });
 
     await this.#leaseStorage();
+    if ((options.qemuHosts ?? 0) > 0) {
+      await ensureQemuUser();
+      this.#createdMountPoints = await ensureMountPoints();
+      const guestDir = join(this.dir.path, "guest");
+      await mkdir(guestDir);
+      this.#guestKernel = await buildGuestKernel(guestDir);
+    }
     for (const [name, value] of Object.entries({ ...harnessSettings, ...options.settings })) await this.#must(this.fitha("config", "set", name, String(value)));
     const strategyFile = join(adminDir, "strategy.json");
     await Bun.write(strategyFile, JSON.stringify({ ...strategyToJson(defaultStrategy), grace_ms: options.graceMs ?? 2_000 }));
@@ -332,6 +358,7 @@ export class HarnessCluster {
       agent: undefined as never,
       lockd: undefined as never,
       watchdog: undefined as never,
+      hypervisorKind: n <= (this.options.qemuHosts ?? 0) ? "qemu" : "test",
       libvirtd: undefined,
       hypervisor: undefined,
       storagePath: await createBlkioCgroup(`harness-${name}`),
@@ -349,9 +376,9 @@ export class HarnessCluster {
       return id;
     });
     // Command lines are read at each start: after a power cycle the host's libvirtd is a new one.
-    const uri = () => this.#hypervisorUri(host);
-    const lockd = new Daemon(`${name} lockd`, node.netns, () => [fithaBinary, "lockd", "--lease-file", this.leaseFile, "--host-id", String(hostId), "--host", name, "--socket", socket, "--state-dir", stateDir, "--hypervisor", uri(), "--io-timeout", String(this.options.ioTimeoutS ?? 0.5), "--id-allocation", "unique", "--log-format", "json"], join(hostDir, "lockd.log"));
-    const watchdog = new Daemon(`${name} watchdog`, node.netns, () => [fithaBinary, "watchdog", "--state-dir", stateDir, "--hypervisor", uri(), "--log-format", "json"], join(hostDir, "watchdog.log"));
+    const hypervisorArgs = () => ["--hypervisor", this.#hypervisorUri(host), ...(host.libvirtd?.qemuRunDir === undefined ? [] : ["--qemu-run-dir", host.libvirtd.qemuRunDir])];
+    const lockd = new Daemon(`${name} lockd`, node.netns, () => [fithaBinary, "lockd", "--lease-file", this.leaseFile, "--host-id", String(hostId), "--host", name, "--socket", socket, "--state-dir", stateDir, ...hypervisorArgs(), "--io-timeout", String(this.options.ioTimeoutS ?? 0.5), "--id-allocation", "unique", "--log-format", "json"], join(hostDir, "lockd.log"));
+    const watchdog = new Daemon(`${name} watchdog`, node.netns, () => [fithaBinary, "watchdog", "--state-dir", stateDir, ...hypervisorArgs(), "--log-format", "json"], join(hostDir, "watchdog.log"));
     for (const daemon of [lockd, watchdog]) daemon.onStart((pid) => void host.storagePath.addProcess(pid).catch(() => undefined));
     Object.assign(host, { hostId, lockd, watchdog });
     lockd.start();
@@ -369,12 +396,12 @@ export class HarnessCluster {
   }
 
   async #startHypervisor(host: HarnessHost): Promise<void> {
-    host.libvirtd = await startLibvirtd();
+    host.libvirtd = host.hypervisorKind === "qemu" ? await startQemuLibvirtd(host.netns, host.dir, join(host.dir, "run"), fithaBinary, join(host.dir, "libvirtd.log")) : await startLibvirtd();
     host.hypervisor = await LibvirtHypervisor.open(host.libvirtd.uri);
     const hypervisor = host.hypervisor;
     // The test driver starts with a running domain "test", the same UUID on every host: a host
     // here runs only what fitha and the scenarios start.
-    for (const domain of await hypervisor.listDomains()) {
+    if (host.hypervisorKind === "test") for (const domain of await hypervisor.listDomains()) {
       if (domain.state === "running") await hypervisor.destroy(domain.uuid);
       await hypervisor.undefine(domain.uuid);
     }

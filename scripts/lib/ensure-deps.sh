@@ -3,11 +3,13 @@
 #   Debian packages: etcd-server (real etcd for tests and the demo), util-linux (setpriv),
 #                    mount + e2fsprogs (loop devices and scratch ext4 for storage-fault tests),
 #                    iproute2 (network namespaces for the fault-injection harness, scripts/harness),
+#                    libvirt-daemon-driver-qemu + qemu-system-x86 + binutils (its real-QEMU hosts:
+#                    libvirtd with the qemu driver, tiny guests whose kernel binutils assembles),
 #                    libvirt0 (libvirt.so.0, opened through bun:ffi) and libvirt-daemon (a private
 #                    libvirtd serving libvirt's test driver to several test processes).
 #   npm packages:    node_modules from package-lock.json (bun, typescript, etcd3, citty, consola).
 
-fitha_apt_packages=(etcd-server util-linux mount e2fsprogs iproute2 libvirt0 libvirt-daemon)
+fitha_apt_packages=(etcd-server util-linux mount e2fsprogs iproute2 libvirt0 libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 binutils)
 
 fitha_log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
 
