@@ -51,7 +51,7 @@ export interface HarnessOptions {
   readonly controllers?: number;
   readonly managementMembers?: number;
   readonly slots?: number;
-  /** lockd's I/O timeout T in seconds (default 0.5: leases can be taken 6 s after a host's last renewal). */
+  /** lockd's I/O timeout T in seconds (default 1: leases can be taken 10 s after a host's last renewal). */
   readonly ioTimeoutS?: number;
   /** Runtime settings over the harness profile (snake_case, as stored). */
   readonly settings?: Readonly<Record<string, number | boolean>>;
@@ -337,7 +337,7 @@ export class HarnessCluster {
     this.#mount = await mountNewExt4(this.#loop.path, join(this.dir.path, "lease-storage"));
     this.leaseFile = join(this.#mount.path, "leases");
     const slots = this.options.slots ?? 64;
-    const format = await runInNamespace(this.fabric.node("admin").netns, [fithaBinary, "lease", "format", "--path", this.leaseFile, "--hosts", String(Math.max(8, this.options.hosts)), "--slots", String(slots), "--max-io-timeout-ms", String(Math.max(1_000, (this.options.ioTimeoutS ?? 0.5) * 2_000)), "--kill-budget-ms", "2000"]);
+    const format = await runInNamespace(this.fabric.node("admin").netns, [fithaBinary, "lease", "format", "--path", this.leaseFile, "--hosts", String(Math.max(8, this.options.hosts)), "--slots", String(slots), "--max-io-timeout-ms", String(Math.max(1_000, this.#ioTimeoutS() * 2_000)), "--kill-budget-ms", "2000"]);
     if (format.exitCode !== 0) throw new Error(`fitha lease format: ${format.stderr.trim()}`);
   }
 
@@ -377,7 +377,7 @@ export class HarnessCluster {
     });
     // Command lines are read at each start: after a power cycle the host's libvirtd is a new one.
     const hypervisorArgs = () => ["--hypervisor", this.#hypervisorUri(host), ...(host.libvirtd?.qemuRunDir === undefined ? [] : ["--qemu-run-dir", host.libvirtd.qemuRunDir])];
-    const lockd = new Daemon(`${name} lockd`, node.netns, () => [fithaBinary, "lockd", "--lease-file", this.leaseFile, "--host-id", String(hostId), "--host", name, "--socket", socket, "--state-dir", stateDir, ...hypervisorArgs(), "--io-timeout", String(this.options.ioTimeoutS ?? 0.5), "--id-allocation", "unique", "--log-format", "json"], join(hostDir, "lockd.log"));
+    const lockd = new Daemon(`${name} lockd`, node.netns, () => [fithaBinary, "lockd", "--lease-file", this.leaseFile, "--host-id", String(hostId), "--host", name, "--socket", socket, "--state-dir", stateDir, ...hypervisorArgs(), "--io-timeout", String(this.#ioTimeoutS()), "--id-allocation", "unique", "--log-format", "json"], join(hostDir, "lockd.log"));
     const watchdog = new Daemon(`${name} watchdog`, node.netns, () => [fithaBinary, "watchdog", "--state-dir", stateDir, ...hypervisorArgs(), "--log-format", "json"], join(hostDir, "watchdog.log"));
     for (const daemon of [lockd, watchdog]) daemon.onStart((pid) => void host.storagePath.addProcess(pid).catch(() => undefined));
     Object.assign(host, { hostId, lockd, watchdog });
@@ -388,6 +388,14 @@ export class HarnessCluster {
 
   async #writeHostConfig(host: HarnessHost, endpoints: Readonly<Record<Plane, readonly string[]>>): Promise<void> {
     await writeConfig(host.dir, { ...endpoints, dialTimeoutMs: 500, requestTimeoutMs: 1_000, extra: `[host]\nname = "${host.name}"\nhypervisor = "${this.#hypervisorUri(host)}"\nlockd_socket = "${host.socket}"\n` });
+  }
+
+  /**
+   * lockd's T. 1 s by default: at 0.5 s a 2-core machine busy with a cluster's worth of daemons
+   * (or two clusters) timed out lease I/O now and then, failing starts the scenario did not mean.
+   */
+  #ioTimeoutS(): number {
+    return this.options.ioTimeoutS ?? 1;
   }
 
   #hypervisorUri(host: HarnessHost): string {

@@ -12,7 +12,7 @@
  */
 import { forEachConcurrently } from "../concurrently.ts";
 import type { Clock } from "../core/clock.ts";
-import { isOpen, leaseHeld, newTask, planRecovery, startFailed, started, starting, type RecoveryTask } from "../core/recovery-tasks.ts";
+import { isOpen, leaseHeld, leaseRecheckMaxMs, newTask, planRecovery, startFailed, started, starting, type RecoveryTask } from "../core/recovery-tasks.ts";
 import type { Candidate } from "../core/placement.ts";
 import type { RuntimeSettings } from "../core/settings.ts";
 import { errorMessage } from "../errors.ts";
@@ -84,6 +84,8 @@ export class RecoveryExecutor {
   readonly #watchers: PrefixWatcher[] = [];
   /** Per VM the last step could not place, why: the warning is logged when that changes. */
   #unplacedReasons = new Map<string, string>();
+  /** VMs whose task waits for a held lease and has said so (one event per wait, not per look). */
+  readonly #waitingForLease = new Set<string>();
   /** Bumped by every change to what this executor follows (watches, its own task writes). */
   #inputsVersion = 0;
   /**
@@ -206,7 +208,7 @@ export class RecoveryExecutor {
           outcome === "done"
             ? started(task.record, nowMs)
             : outcome === "lease-held"
-              ? leaseHeld(task.record, nowMs + (result.record.freeInMs ?? leaseRecheckMs), result.record.holder ?? "another host", nowMs)
+              ? leaseHeld(task.record, nowMs + (result.record.freeInMs ?? leaseRecheckMs), result.record.holder ?? "another host", nowMs, this.requests.has(task.record.source) ? nowMs + leaseRecheckMaxMs : undefined)
               : startFailed(task.record, reason, nowMs);
         // The result and its order go with the task's move, in one transaction, and so does its
         // event: a leader that stops right after the move cannot leave it unrecorded.
@@ -229,9 +231,14 @@ export class RecoveryExecutor {
   #resultEvent(task: RecoveryTask, outcome: OrderResult["outcome"], host: string): EventRecord | undefined {
     const name = this.#vmName(task.vm);
     const event = (kind: EventKind, about: string, reason: string) => this.#eventRecord(kind, about, reason);
+    if (task.state !== "queued") this.#waitingForLease.delete(task.vm);
     if (task.state === "done") return event("vm-recovered", host, `${name} runs on ${host} (from ${task.source})`);
     if (task.state === "failed") return event("recovery-failed", task.source, `${name}: ${task.reason}`);
-    if (outcome === "lease-held") return event("recovery-waiting", task.source, `${name}: ${task.reason}`);
+    // Once per wait: a task waiting for a lease is ordered again every few seconds.
+    if (outcome === "lease-held" && !this.#waitingForLease.has(task.vm)) {
+      this.#waitingForLease.add(task.vm);
+      return event("recovery-waiting", task.source, `${name}: ${task.reason}`);
+    }
     return undefined;
   }
 

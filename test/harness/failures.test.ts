@@ -57,8 +57,8 @@ describe("failures of processes, power and etcd, real processes", () => {
     await Bun.sleep(500);
     host.lockd.start();
     await eventually("lockd renewing again", async () => (await cluster.lockdPhase(host)) === "ok", 20_000, 200);
-    // Past host-dead of the old incarnation (8T + K = 6 s): nobody took anything.
-    await Bun.sleep(8_000);
+    // Past host-dead of the old incarnation (8T + K = 10 s): nobody took anything.
+    await Bun.sleep(12_000);
     expect(placement(cluster, [...ha, plain])).toEqual([[host.name], [host.name], [host.name]]);
     const status = JSON.parse((await cluster.fithaOn(host, "lease", "status", "--socket", host.socket, "--json")).stdout) as { leases: Array<{ vm: string }> };
     expect(ha.filter((vm) => status.leases.some((l) => l.vm === vm))).toEqual(ha);

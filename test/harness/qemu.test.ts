@@ -15,8 +15,7 @@ let cluster: HarnessCluster;
 const scenarioTimeoutMs = 150_000;
 
 beforeAll(async () => {
-  // T = 1 s: the guests' disks share the loop device with the lease file.
-  cluster = await HarnessCluster.start({ label: "qemu", hosts: 3, qemuHosts: 3, ioTimeoutS: 1 });
+  cluster = await HarnessCluster.start({ label: "qemu", hosts: 3, qemuHosts: 3 });
 }, 180_000);
 
 afterAll(async () => {

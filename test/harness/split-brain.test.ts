@@ -15,7 +15,7 @@ let cluster: HarnessCluster;
 const caseTimeoutMs = 150_000;
 
 beforeAll(async () => {
-  cluster = await HarnessCluster.start({ label: "split-brain", hosts: 4, ioTimeoutS: 1 });
+  cluster = await HarnessCluster.start({ label: "split-brain", hosts: 4 });
 }, 180_000);
 
 afterAll(async () => {

@@ -14,8 +14,8 @@ import { eventually } from "../helpers/eventually.ts";
 import { healthy, placement, recoveredElsewhere, reportTime, vmsOn } from "../helpers/harness.ts";
 
 let cluster: HarnessCluster;
-/** Past heartbeat TTL (2 s) + grace (2 s) + host-dead (8T + K = 6 s at T = 0.5 s), with margin. */
-const noHaWatchMs = 14_000;
+/** Past heartbeat TTL (2 s) + grace (2 s) + host-dead (8T + K = 10 s at T = 1 s), with margin. */
+const noHaWatchMs = 16_000;
 
 beforeAll(async () => {
   cluster = await HarnessCluster.start({ label: "strategy-rows", hosts: 4 });

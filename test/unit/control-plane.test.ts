@@ -378,11 +378,13 @@ describe("recovery on in-memory etcd and virtual time", () => {
     await lab.clock.advance(ttlMs + graceMs + 2_000);
     const seen: string[] = [];
     let heldAnswers = 0;
+    const heldOrderedAtMs: number[] = [];
     for (let round = 0; round < 200; round++) {
       await answerOrders(
         lab,
         (_host, vm) => {
-          if (vm === held && heldAnswers++ === 0) return { outcome: "lease-held", reason: "held", holder: "host-3 (host id 3)", freeInMs: 20_000 };
+          if (vm === held) heldOrderedAtMs.push(lab.clock.nowMs());
+          if (vm === held && heldAnswers++ < 2) return { outcome: "lease-held", reason: "held", holder: "host-3 (host id 3)", freeInMs: 20_000 };
           if (vm === held) return done;
           return { outcome: "failed", reason: "libvirt refused the XML", holder: null, freeInMs: null };
         },
@@ -394,7 +396,11 @@ describe("recovery on in-memory etcd and virtual time", () => {
     expect(final.get(held!)).toMatchObject({ state: "done", attempts: 0 });
     expect(final.get(doomed!)).toMatchObject({ state: "failed", attempts: 5 });
     const events = (await listEvents(lab.admin.management, keys, { limit: 1000 })).events.map((e) => e.record.kind);
-    expect(events).toContain("recovery-waiting");
+    // host-3's request is open: the held lease is looked at again every 2 s (host-3 may let it
+    // go at any time), not only when it could be taken (20 s); one event says it waits.
+    expect(heldOrderedAtMs).toHaveLength(3);
+    expect(heldOrderedAtMs[2]! - heldOrderedAtMs[0]!).toBeLessThanOrEqual(6_000);
+    expect(events.filter((kind) => kind === "recovery-waiting")).toHaveLength(1);
     expect(events).toContain("recovery-failed");
     await lab.stop();
   });

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { placeVm, type Candidate } from "../../src/core/placement.ts";
-import { leaseHeld, maxAttempts, newTask, planRecovery, startFailed, started, starting, type RecoveryTask } from "../../src/core/recovery-tasks.ts";
+import { leaseHeld, leaseRecheckMaxMs, maxAttempts, newTask, planRecovery, startFailed, started, starting, type RecoveryTask } from "../../src/core/recovery-tasks.ts";
 
 const GiB = 1024 * 1024;
 
@@ -73,10 +73,12 @@ describe("recovery tasks", () => {
     expect(task.reason).toStartWith("gave up after 5 failed attempts; last on a: libvirt refused");
   });
 
-  test("a lease still held by the old host is a wait, not a failed attempt", () => {
+  test("a lease still held by the old host is a wait, not a failed attempt, looked at again every 2 s while its request is open", () => {
     const task = starting(newTask("v", "dead", t0, "host dead"), "a", t0);
-    const waiting = leaseHeld(task, t0 + 140_000, "dead (host id 3)", t0 + 1);
-    expect(waiting).toMatchObject({ state: "queued", attempts: 0, target: null, notBeforeMs: t0 + 140_000 });
+    const waiting = leaseHeld(task, t0 + 140_000, "dead (host id 3)", t0 + 1, t0 + 1 + leaseRecheckMaxMs);
+    expect(waiting).toMatchObject({ state: "queued", attempts: 0, target: null, notBeforeMs: t0 + 1 + leaseRecheckMaxMs });
+    expect(leaseHeld(task, t0 + 500, "dead (host id 3)", t0 + 1, t0 + 1 + leaseRecheckMaxMs)).toMatchObject({ notBeforeMs: t0 + 500 });
+    expect(leaseHeld(task, t0 + 140_000, "dead (host id 3)", t0 + 1)).toMatchObject({ notBeforeMs: t0 + 140_000 });
     expect(started(starting(waiting, "a", t0 + 140_000), t0 + 141_000)).toMatchObject({ state: "done", reason: "running on a" });
   });
 
