@@ -10,6 +10,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { mkdir, readFile, rm, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { accepts } from "../../test/helpers/libvirtd.ts";
 import { terminate } from "../../test/helpers/terminate.ts";
 import { inNamespace } from "./namespace-command.ts";
 
@@ -158,18 +159,6 @@ export async function startQemuLibvirtd(netns: string, hostDir: string, lockdRun
   await stop();
   const log = await readFile(logFile, "utf8").catch(() => "");
   throw new Error(`libvirtd (qemu) for ${hostDir} did not listen on ${socket} within ${startTimeoutMs} ms; last log lines:\n${log.trim().split("\n").slice(-5).join("\n")}`);
-}
-
-/** Whether something listens on the unix socket at `path`. */
-async function accepts(path: string): Promise<boolean> {
-  if (!existsSync(path)) return false;
-  try {
-    const socket = await Bun.connect({ unix: path, socket: { data() {} } });
-    socket.end();
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** SIGKILL of every QEMU process libvirt recorded in `qemuRunDir` (its <name>.pid files). */

@@ -105,7 +105,7 @@ export async function startLibvirtd(options: { startTimeoutMs?: number } = {}): 
 }
 
 /** Whether something listens on the unix socket at `path` (a connect succeeds). */
-async function accepts(path: string): Promise<boolean> {
+export async function accepts(path: string): Promise<boolean> {
   if (!existsSync(path)) return false;
   try {
     const socket = await Bun.connect({ unix: path, socket: { data() {} } });
