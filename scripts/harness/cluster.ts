@@ -407,6 +407,13 @@ export class HarnessCluster {
     host.libvirtd = host.hypervisorKind === "qemu" ? await startQemuLibvirtd(host.netns, host.dir, join(host.dir, "run"), fithaBinary, join(host.dir, "libvirtd.log")) : await startLibvirtd();
     host.hypervisor = await LibvirtHypervisor.open(host.libvirtd.uri);
     const hypervisor = host.hypervisor;
+    if (host.hypervisorKind === "qemu") {
+      // A fresh libvirtd probes QEMU's capabilities at its first domain (~4 s here); a real host
+      // has them cached. Probed now, so that the first recovery onto it is not what pays.
+      const warmup = qemuDomainXml(`warmup-${host.name}`, this.#guestKernel, join(this.#mount!.path, "warmup.img"));
+      await hypervisor.define(warmup);
+      await hypervisor.undefine(`warmup-${host.name}`);
+    }
     // The test driver starts with a running domain "test", the same UUID on every host: a host
     // here runs only what fitha and the scenarios start.
     if (host.hypervisorKind === "test") for (const domain of await hypervisor.listDomains()) {
