@@ -9,8 +9,12 @@ import { terminate } from "../../test/helpers/terminate.ts";
 import { inNamespace } from "./namespace-command.ts";
 
 export const restartDelayMs = 1_000;
-/** Restarts in a row after which the harness stops trying (a daemon that cannot start at all). */
-const maxRestarts = 50;
+/**
+ * Quick failures in a row after which the harness stops restarting (a daemon that cannot start at
+ * all), like systemd's start limit; a process that ran for quickFailureMs starts the count anew.
+ */
+const maxRestarts = 20;
+const quickFailureMs = 10_000;
 const stopGraceMs = 3_000;
 
 export class Daemon {
@@ -52,9 +56,11 @@ export class Daemon {
       closeSync(log);
     }
     this.#process = child;
+    const startedMs = performance.now();
     for (const listener of this.#listeners) listener(child.pid);
     void child.exited.then(() => {
       if (this.#process !== child || !this.#wanted) return;
+      if (performance.now() - startedMs >= quickFailureMs) this.#restarts = 0;
       if (child.exitCode === 0 || ++this.#restarts > maxRestarts) return;
       // Restart=on-failure, RestartSec=1.
       setTimeout(() => {
