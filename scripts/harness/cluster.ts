@@ -269,9 +269,11 @@ export class HarnessCluster {
       await this.history.stop();
       // A host whose bring-up failed half way lacks some of them.
       const daemons = [...this.controllers, ...this.hosts.flatMap((h) => [h.agent, h.watchdog, h.lockd])].filter((d): d is Daemon => d !== undefined);
-      // Storage first: a process in D state cannot die until its I/O completes.
-      for (const host of this.hosts) await host.storagePath.remove().catch(() => undefined);
+      // Storage first: a process in D state cannot die until its I/O completes. The cgroups go
+      // once their processes are gone (rmdir refuses a cgroup with processes in it).
+      if (this.#loop !== undefined) for (const host of this.hosts) await host.storagePath.release(this.#loop.majorMinor).catch(() => undefined);
       await Promise.all(daemons.map((d) => d.stop().catch(() => undefined)));
+      for (const host of this.hosts) await host.storagePath.remove().catch(() => undefined);
       for (const host of this.hosts) {
         await host.hypervisor?.close().catch(() => undefined);
         await host.libvirtd?.stop().catch(() => undefined);
