@@ -31,10 +31,6 @@ export class Daemon {
     readonly logFile: string,
   ) {}
 
-  get pid(): number | undefined {
-    return this.#process?.pid;
-  }
-
   get running(): boolean {
     return this.#process !== undefined && this.#process.exitCode === null && this.#process.signalCode === null;
   }

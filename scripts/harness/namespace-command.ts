@@ -8,7 +8,6 @@ export interface SpawnOutput {
   readonly stdout?: "ignore" | "pipe" | number | ReturnType<typeof Bun.file>;
   readonly stderr?: "ignore" | "pipe" | number | ReturnType<typeof Bun.file>;
   readonly env?: Record<string, string>;
-  readonly cwd?: string;
 }
 
 export const pathEnv = { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" };
@@ -19,7 +18,6 @@ export function inNamespace(netns: string, command: readonly string[], output: S
     stdout: output.stdout ?? "ignore",
     stderr: output.stderr ?? "ignore",
     env: output.env ?? pathEnv,
-    ...(output.cwd === undefined ? {} : { cwd: output.cwd }),
   });
 }
 
