@@ -7,6 +7,9 @@
  * this host has storage trouble *now*.
  *
  * lockd needs no help to be safe: without an answer it fences at its deadline.
+ *
+ * lockd's other notices (it fenced, it found leases taken, it met a corrupt record) become events
+ * in the log, where operators and the alarm relay see them: lockd itself has no etcd.
  */
 import { planes, type Plane } from "../config/fitha-config.ts";
 import type { Clock } from "../core/clock.ts";
@@ -14,7 +17,9 @@ import { errorMessage } from "../errors.ts";
 import { logger } from "../log.ts";
 import type { Keys } from "../store/keys.ts";
 import type { Kv } from "../store/kv.ts";
-import { fencingAnswerRecord, type FencingEventRecord } from "../store/records.ts";
+import type { LockdEvent } from "../lockd/protocol.ts";
+import { appendEvent } from "../store/events.ts";
+import { fencingAnswerRecord, type EventKind, type FencingEventRecord } from "../store/records.ts";
 import { decodeEntry } from "../store/typed.ts";
 
 const log = logger("agent");
@@ -29,10 +34,13 @@ export interface LockdQuestion {
   readonly answerWithinMs: number;
 }
 
+/** lockd's events other than questions: what it did or found on its own. */
+export type LockdNotice = Exclude<LockdEvent, { readonly event: "question" }>;
+
 /** What the bridge needs of lockd (over its socket in production, in memory in tests). */
 export interface LockdQuestions {
-  /** Calls `onQuestion` for every question lockd asks, until close(). */
-  subscribe(onQuestion: (question: LockdQuestion) => void): { close(): void };
+  /** Calls `onQuestion` for every question lockd asks and `onNotice` for its other events, until close(). */
+  subscribe(onQuestion: (question: LockdQuestion) => void, onNotice: (notice: LockdNotice) => void): { close(): void };
   /** The number of lockd's open question, or null. */
   openQuestion(): Promise<number | null>;
   answer(question: number, answer: "fence" | "no-fence"): Promise<void>;
@@ -56,7 +64,10 @@ export class FencingBridge {
   readonly done: Promise<void>;
 
   constructor(readonly options: FencingBridgeOptions) {
-    this.#subscription = options.lockd.subscribe((question) => void this.#asked(question));
+    this.#subscription = options.lockd.subscribe(
+      (question) => void this.#asked(question),
+      (notice) => void this.#noticed(notice),
+    );
     this.done = this.#run();
   }
 
@@ -75,6 +86,15 @@ export class FencingBridge {
     const record: FencingEventRecord = { host, question: question.question, vms: question.vms, reason: question.reason, answerWithinMs: question.answerWithinMs, at: now().toISOString() };
     log.warn("lockd asks whether to fence: fencing event sent on every plane", { question: question.question, reason: question.reason, vms: question.vms.length });
     await this.#everyPlane("send the fencing event", (kv) => kv.put(keys.fencing(host, question.question), JSON.stringify(record)));
+  }
+
+  /** One event per notice, on the management plane (best effort: lockd logged it too). */
+  async #noticed(notice: LockdNotice): Promise<void> {
+    const { kind, reason } = noticeEvent(notice);
+    const { host, kv, keys, now } = this.options;
+    await appendEvent(kv.management, keys, { time: now().toISOString(), kind, host, reason, by: `agent@${host}` }).catch((error: unknown) =>
+      log.error("could not record lockd's notice as an event", { kind, reason, error: errorMessage(error) }),
+    );
   }
 
   /**
@@ -134,5 +154,17 @@ export class FencingBridge {
     await Promise.all(
       planes.map((plane) => write(this.options.kv[plane]).catch((error: unknown) => log.warn(`could not ${what} on the ${plane} plane`, { error: errorMessage(error) }))),
     );
+  }
+}
+
+function noticeEvent(notice: LockdNotice): { kind: EventKind; reason: string } {
+  const vmList = (vms: readonly string[]) => (vms.length === 0 ? "none" : vms.join(", "));
+  switch (notice.event) {
+    case "fenced":
+      return { kind: "lockd-fenced", reason: `lockd stopped the VMs under its leases: ${notice.reason}; stopped: ${vmList(notice.vms)}; would not stop: ${vmList(notice.failed)}` };
+    case "leases-taken":
+      return { kind: "leases-taken", reason: `leases held by another host found at re-validation: ${vmList(notice.vms)}; stopped: ${vmList(notice.stopped)}; would not stop: ${vmList(notice.failed)}` };
+    case "corrupt":
+      return { kind: "lease-corrupt", reason: `lockd met a damaged lease record (${notice.op}): ${notice.message}` };
   }
 }

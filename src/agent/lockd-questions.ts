@@ -9,7 +9,7 @@ import { errorMessage } from "../errors.ts";
 import { logger } from "../log.ts";
 import { socketTransport, type LockdTransport } from "../lockd/client.ts";
 import type { LockdEvent } from "../lockd/protocol.ts";
-import type { LockdQuestion, LockdQuestions } from "./fencing-bridge.ts";
+import type { LockdNotice, LockdQuestion, LockdQuestions } from "./fencing-bridge.ts";
 import type { HeldLeases } from "./self-fence.ts";
 
 const log = logger("agent");
@@ -43,11 +43,12 @@ export class LockdQuestionsClient implements LockdQuestions, HeldLeases {
     return new LockdQuestionsClient(socketPath, socketTransport(socketPath, requestTimeoutMs), socketSubscribe(socketPath), clock);
   }
 
-  subscribe(onQuestion: (question: LockdQuestion) => void): { close(): void } {
+  subscribe(onQuestion: (question: LockdQuestion) => void, onNotice: (notice: LockdNotice) => void): { close(): void } {
     let closed = false;
     let current: LockdConnection | undefined;
     const onEvent = (event: LockdEvent) => {
       if (event.event === "question") onQuestion({ question: event.question, vms: event.vms, reason: event.reason, answerWithinMs: event.answer_within_ms });
+      else onNotice(event);
     };
     const loop = async () => {
       let retryMs = firstRetryMs;

@@ -46,6 +46,11 @@ export class FencingResponder {
   readonly #seen = new Map<string, Seen>();
   readonly #answered = new Set<string>();
   readonly #watchers: PrefixWatcher[] = [];
+  /**
+   * A global storage fault is under way (a no-fence was given and questions are still open): one
+   * storage-global-fault event per episode, not one per host's question.
+   */
+  #globalFault = false;
 
   constructor(readonly env: FencingResponderEnvironment) {
     for (const plane of planes) this.#follow(plane);
@@ -64,6 +69,7 @@ export class FencingResponder {
   async step(): Promise<number | undefined> {
     const nowMs = this.env.clock.nowMs();
     const open = collapseDuplicates([...this.#seen.values()].map((s) => s.event));
+    if (open.length === 0) this.#globalFault = false;
     const openHosts = new Set(open.map((e) => e.host));
     const hosts = [...new Set([...this.env.registeredHosts(), ...openHosts])];
     let nextMs: number | undefined;
@@ -90,9 +96,13 @@ export class FencingResponder {
         const request: RecoveryRequest = { host: event.host, requestedAt: record.at, reason: `lease storage lost (fencing question ${event.question} answered fence)`, planes: { management: "up", storage: "up", service: "up" }, cause: "storage" };
         await this.env.kv.management.createIfAbsent(this.env.keys.recoveryRequest(event.host), JSON.stringify(request)).catch((error: unknown) => log.error("could not request the recovery of a fenced host", { host: event.host, error: errorMessage(error) }));
       }
-      await appendEvent(this.env.kv.management, this.env.keys, { time: record.at, kind: "fencing-answered", host: event.host, reason: `question ${event.question}: ${decision.answer}: ${decision.reason}`, by: record.by }).catch(
-        (error: unknown) => log.warn("could not record an event", { error: errorMessage(error) }),
-      );
+      const record$ = (kind: "fencing-answered" | "storage-global-fault", host: string | null, reason: string) =>
+        appendEvent(this.env.kv.management, this.env.keys, { time: record.at, kind, host, reason, by: record.by }).catch((error: unknown) => log.warn("could not record an event", { error: errorMessage(error) }));
+      if (decision.answer === "no-fence" && !this.#globalFault) {
+        this.#globalFault = true;
+        await record$("storage-global-fault", null, `every registered host (${hosts.length}) reports trouble with the shared lease storage: no host is fenced, the VMs stay; check the storage`);
+      }
+      await record$("fencing-answered", event.host, `question ${event.question}: ${decision.answer}: ${decision.reason}`);
     }
     return nextMs;
   }

@@ -344,6 +344,9 @@ export class LockDaemon {
         }
       }
     } catch (error) {
+      // Corruption is not the caller's problem alone: the record is damaged for every host, and
+      // an operator must look at the storage (the agent turns this into a lease-corrupt event).
+      if (error instanceof CorruptionError) this.#publish({ event: "corrupt", op: request.op, message: error.message });
       return errorReply(id, error);
     }
   }

@@ -19,6 +19,7 @@
  *   {"event":"fenced","reason":…,"vms":[…],"failed":[…]}   the VMs were stopped (failed: would not)
  *   {"event":"leases-taken","vms":[…],"stopped":[…],"failed":[…]}  re-validation found leases
  *       held by another host; their VMs were stopped
+ *   {"event":"corrupt","op":…,"message":…}   a request met a damaged lease record (checksum, magic)
  */
 
 export const maxRequestBytes = 4096;
@@ -38,7 +39,8 @@ export type Answer = "fence" | "no-fence";
 export type LockdEvent =
   | { readonly event: "question"; readonly question: number; readonly reason: string; readonly vms: readonly string[]; readonly answer_within_ms: number; readonly grace_ms: number }
   | { readonly event: "fenced"; readonly reason: string; readonly vms: readonly string[]; readonly failed: readonly string[] }
-  | { readonly event: "leases-taken"; readonly vms: readonly string[]; readonly stopped: readonly string[]; readonly failed: readonly string[] };
+  | { readonly event: "leases-taken"; readonly vms: readonly string[]; readonly stopped: readonly string[]; readonly failed: readonly string[] }
+  | { readonly event: "corrupt"; readonly op: Request["op"]; readonly message: string };
 
 export type ErrorKind = "bad-request" | "forbidden" | "held" | "not-owner" | "io" | "corrupt" | "internal";
 

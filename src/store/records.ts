@@ -149,6 +149,11 @@ export const eventKinds = [
   "fencing-asked",
   "fencing-answered",
   "self-fenced",
+  "lockd-fenced",
+  "leases-taken",
+  "lease-corrupt",
+  "storage-global-fault",
+  "clock-jump",
 ] as const;
 export type EventKind = (typeof eventKinds)[number];
 

@@ -12,6 +12,7 @@ import { layout, slotOffset } from "../../src/lease/layout.ts";
 import { encodeRecord } from "../../src/lease/records.ts";
 import { requestLockd } from "../../src/lockd/client.ts";
 import type { LockdEvent } from "../../src/lockd/protocol.ts";
+import type { LockdNotice } from "../../src/agent/fencing-bridge.ts";
 import { LibvirtHypervisor } from "../../src/virt/libvirt-hypervisor.ts";
 import { LockdQuestionsClient } from "../../src/agent/lockd-questions.ts";
 import { monotonicClock } from "../../src/core/clock.ts";
@@ -180,7 +181,7 @@ describe("lockd with VMs", () => {
   }, 60_000);
 
   test("storage hangs for lockd alone (blkio throttle): question at renewal-warn; answer fence → VMs destroyed before renewal-fail", async () => {
-    await hungStorage(async ({ h, vms, question, hungAtMs }) => {
+    await hungStorage(async ({ h, vms, question, hungAtMs, notices }) => {
       expect(question).toMatchObject({ question: 1, vms });
       const answer = await runFitha(["lease", "answer", String(question.question), "fence", "--socket", h.socket]);
       expect(answer).toMatchObject({ exitCode: 0, stdout: `question ${question.question}: answered fence\n` });
@@ -188,6 +189,9 @@ describe("lockd with VMs", () => {
       // Renewal-fail is at most 4 s after the hang began (the last renewal started before it).
       expect(Date.now() - hungAtMs).toBeLessThan(8 * testIoTimeoutS * 1000);
       expect(await status(h)).toMatchObject({ leases: [], fenced: { vms, failed: [] } });
+      // The agent hears of it too (and records a lockd-fenced event: fencing-bridge.ts).
+      await eventually("the fenced notice reaches the agent's subscription", () => notices.some((n) => n.event === "fenced"), 2_000);
+      expect(notices.find((n) => n.event === "fenced")).toMatchObject({ vms, failed: [] });
     });
   }, 60_000);
 
@@ -210,6 +214,8 @@ interface HungStorage {
   question: Extract<LockdEvent, { event: "question" }>;
   /** Date.now() when the hang began. */
   hungAtMs: number;
+  /** lockd's other events as the agent's subscription received them. */
+  notices: LockdNotice[];
   /** Ends the hang: lockd's I/O goes through again. */
   release(): Promise<void>;
 }
@@ -254,12 +260,16 @@ async function hungStorage(body: (hung: HungStorage) => Promise<void>): Promise<
   const hungAtMs = Date.now();
   // The agent's way in (src/agent/lockd-questions.ts) sees the same question.
   const bridged: number[] = [];
+  const notices: LockdNotice[] = [];
   const agentSide = LockdQuestionsClient.overSocket(h.socket, monotonicClock);
-  const subscription = agentSide.subscribe((q) => bridged.push(q.question));
+  const subscription = agentSide.subscribe(
+    (q) => bridged.push(q.question),
+    (notice) => notices.push(notice),
+  );
   cleanup.defer(() => subscription.close());
   await eventually("a fencing question at renewal-warn", async () => events.some((e) => e.event === "question"), 6_000);
   const question = events.find((e): e is Extract<LockdEvent, { event: "question" }> => e.event === "question")!;
   await eventually("the question reaches the agent's subscription", () => bridged.includes(question.question), 2_000);
   expect(await agentSide.openQuestion()).toBe(question.question);
-  await body({ h, vms, question, hungAtMs, release: () => cgroup.release(loop.majorMinor) });
+  await body({ h, vms, question, hungAtMs, notices, release: () => cgroup.release(loop.majorMinor) });
 }

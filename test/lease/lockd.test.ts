@@ -1,6 +1,10 @@
 /** `fitha lockd` and the lease client commands, as real processes on a real lease file. T = 0.5 s. */
 import { afterEach, describe, expect, test } from "bun:test";
-import { stat } from "node:fs/promises";
+import { open, stat } from "node:fs/promises";
+import { LockdQuestionsClient } from "../../src/agent/lockd-questions.ts";
+import type { LockdNotice } from "../../src/agent/fencing-bridge.ts";
+import { monotonicClock } from "../../src/core/clock.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { join } from "node:path";
 import { runFitha } from "../helpers/fitha.ts";
 import { formatLeaseFile as formatted, killStartedLockds, lockdHost as host, startLockd, testIoTimeoutS as ioTimeoutS, type LockdHost as Host } from "../helpers/lockd.ts";
@@ -69,6 +73,41 @@ describe("fitha lockd", () => {
     const log = await new Response(second.stderr).text();
     expect(log).toContain("could not resume the previous host lease; its VM leases are lost");
     expect(log).toContain('"lost_leases":["vm-0"]');
+  }, 60_000);
+
+  test("a damaged lease record: the request is refused as corrupt and subscribers are told (the agent records lease-corrupt)", async () => {
+    await using dir = await tempDir("lockd-corrupt");
+    await formatted(dir);
+    const a = host(dir, 1);
+    await startLockd(a);
+    const notices: LockdNotice[] = [];
+    const subscription = LockdQuestionsClient.overSocket(a.socket, monotonicClock).subscribe(
+      () => {},
+      (notice) => notices.push(notice),
+    );
+    try {
+      await eventually("subscribed", async () => (await status(a)).subscribers === 1, 5_000);
+      // Flip one byte inside slot 0's leader record, in place (lockd renews its host sector meanwhile).
+      const { lockspace } = JSON.parse((await runFitha(["lease", "dump", "--path", join(dir.path, "leases"), "--json"])).stdout) as { lockspace: { sector_size: number } };
+      const slotsOffset = Math.ceil((9 * lockspace.sector_size) / 4096) * 4096;
+      const file = await open(join(dir.path, "leases"), "r+");
+      try {
+        const byte = new Uint8Array(1);
+        await file.read(byte, 0, 1, slotsOffset + 20);
+        byte[0]! ^= 0x01;
+        await file.write(byte, 0, 1, slotsOffset + 20);
+        await file.sync();
+      } finally {
+        await file.close();
+      }
+      const refused = await runFitha(["lease", "acquire", "vm-1", "--slot", "0", "--socket", a.socket]);
+      expect(refused.exitCode).not.toBe(0);
+      expect(refused.stderr).toContain("slot 0 leader: corrupt lease record");
+      await eventually("the corrupt notice", () => notices.length > 0, 2_000);
+      expect(notices[0]).toMatchObject({ event: "corrupt", op: "acquire", message: expect.stringContaining("slot 0 leader: corrupt lease record") });
+    } finally {
+      subscription.close();
+    }
   }, 60_000);
 
   test("a second lockd on the same state dir refuses to start while the first runs", async () => {

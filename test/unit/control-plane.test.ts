@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Writable } from "node:stream";
 import { Agent } from "../../src/agent/agent.ts";
-import type { LockdQuestion, LockdQuestions } from "../../src/agent/fencing-bridge.ts";
+import type { LockdNotice, LockdQuestion, LockdQuestions } from "../../src/agent/fencing-bridge.ts";
 import { MemoryVmLeases } from "../../src/agent/vm-leases.ts";
 import { planes, type Plane } from "../../src/config/fitha-config.ts";
 import { VirtualClock } from "../../src/core/clock.ts";
@@ -34,12 +34,22 @@ const ttlMs = 3_000;
 /** lockd's question channel, played by the test: ask(), then see what answer came back. */
 class FakeLockdQuestions implements LockdQuestions {
   #listener: ((question: LockdQuestion) => void) | undefined;
+  #noticeListener: ((notice: LockdNotice) => void) | undefined;
   open: number | null = null;
   readonly answers: Array<{ question: number; answer: string }> = [];
 
-  subscribe(onQuestion: (question: LockdQuestion) => void) {
+  subscribe(onQuestion: (question: LockdQuestion) => void, onNotice: (notice: LockdNotice) => void) {
     this.#listener = onQuestion;
-    return { close: () => (this.#listener = undefined) };
+    this.#noticeListener = onNotice;
+    return {
+      close: () => {
+        this.#listener = undefined;
+        this.#noticeListener = undefined;
+      },
+    };
+  }
+  notify(notice: LockdNotice): void {
+    this.#noticeListener?.(notice);
   }
   async openQuestion() {
     return this.open;
@@ -548,10 +558,36 @@ describe("fencing events on in-memory etcd and virtual time", () => {
     for (const [i, host] of ["host-1", "host-2", "host-3"].entries()) lab.questions.get(host)!.ask(i + 1);
     await lab.clock.advance(1_000);
     for (const [i, host] of ["host-1", "host-2", "host-3"].entries()) expect(lab.questions.get(host)!.answers).toEqual([{ question: i + 1, answer: "no-fence" }]);
-    const answered = (await listEvents(lab.admin.management, keys, { limit: 100 })).events.filter((e) => e.record.kind === "fencing-answered");
-    expect(answered).toHaveLength(3);
+    const kinds = () => listEvents(lab.admin.management, keys, { limit: 100 }).then((list) => list.events.map((e) => e.record.kind));
+    expect((await kinds()).filter((kind) => kind === "fencing-answered")).toHaveLength(3);
+    // One episode, one storage-global-fault event (the alarm), not one per question.
+    expect((await kinds()).filter((kind) => kind === "storage-global-fault")).toHaveLength(1);
     // The VMs stay where they are: nothing to recover.
     expect(await lab.requests()).toEqual([]);
+    // The episode ends when every question is over; the next one is a new episode.
+    for (const host of ["host-1", "host-2", "host-3"]) lab.questions.get(host)!.open = null;
+    await lab.clock.advance(2_000);
+    for (const [i, host] of ["host-1", "host-2", "host-3"].entries()) lab.questions.get(host)!.ask(i + 10);
+    await lab.clock.advance(1_000);
+    expect((await kinds()).filter((kind) => kind === "storage-global-fault")).toHaveLength(2);
+    await lab.stop();
+  });
+
+  test("lockd's notices (it fenced, leases taken, a corrupt record) become events of the host", async () => {
+    const lab = new Lab();
+    await lab.setup(2, 1, { questions: true });
+    const lockd = lab.questions.get("host-2")!;
+    lockd.notify({ event: "fenced", reason: "renewal failed", vms: ["vm-a"], failed: [] });
+    lockd.notify({ event: "leases-taken", vms: ["vm-b"], stopped: ["vm-b"], failed: [] });
+    lockd.notify({ event: "corrupt", op: "acquire", message: "slot 4 leader: bad checksum" });
+    await lab.clock.advance(100);
+    const events = (await listEvents(lab.admin.management, keys, { limit: 100 })).events.map((e) => e.record).filter((e) => e.by === "agent@host-2" && e.kind !== "host-registered");
+    // Events of one millisecond are in no particular order.
+    const byKind = new Map(events.map((e) => [e.kind, e]));
+    expect([...byKind.keys()].sort()).toEqual(["lease-corrupt", "leases-taken", "lockd-fenced"]);
+    for (const event of events) expect(event.host).toBe("host-2");
+    expect(byKind.get("lockd-fenced")!.reason).toContain("stopped: vm-a");
+    expect(byKind.get("lease-corrupt")!.reason).toContain("bad checksum");
     await lab.stop();
   });
 });
