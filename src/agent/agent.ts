@@ -22,6 +22,7 @@ import { readRecord } from "../store/typed.ts";
 import { followKey } from "../store/follow-key.ts";
 import type { PrefixWatcher } from "../store/watcher.ts";
 import type { Hypervisor } from "../virt/hypervisor.ts";
+import { ClockWatch } from "./clock-watch.ts";
 import { OrderRunner } from "./order-runner.ts";
 import { FencingBridge, type LockdQuestions } from "./fencing-bridge.ts";
 import { SelfFence, type HeldLeases } from "./self-fence.ts";
@@ -71,6 +72,7 @@ export class Agent {
   #orders: OrderRunner | undefined;
   #fencing: FencingBridge | undefined;
   #selfFence: SelfFence | undefined;
+  #clockWatch: ClockWatch | undefined;
   /** Since when each plane has been reachable or not (the agent's clock), for self-fencing. */
   readonly #reachableSinceMs = new Map<Plane, number>();
 
@@ -130,6 +132,7 @@ export class Agent {
         onFenced: (reason, vms) => void agent.#event("self-fenced", `${reason}; stopped ${vms.length} VM(s)${vms.length > 0 ? `: ${vms.join(", ")}` : ""}`),
       });
     }
+    agent.#clockWatch = new ClockWatch({ clock: env.clock, now: env.now, onJump: (_jumpMs, reason) => void agent.#event("clock-jump", reason) });
     log.info("agent started", { host: options.host, host_id: hostId, manages_vms: env.leases !== undefined });
     return agent;
   }
@@ -149,6 +152,7 @@ export class Agent {
     await this.#fencing?.stop();
     await this.#selfFence?.stop();
     await this.#vmWatch?.stop();
+    await this.#clockWatch?.stop();
     await Promise.all(this.#heartbeats.map((h) => h.stop()));
     await this.#settingsWatch?.stop();
     await this.#reachabilityWrite;

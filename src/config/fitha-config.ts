@@ -124,6 +124,26 @@ export const fithaConfigSchema = {
       default: 2_000,
     }),
   }),
+  alarms: section("Alarms: the leading controller sends each alarm (src/alarms/README.md) to a webhook, besides the event log.", {
+    webhook_url: text({
+      doc: "URL that gets each alarm as a JSON POST; \"\" means no webhook (alarms stay in the event log).",
+      pattern: /^(|https?:\/\/[^\s]{1,2040})$/,
+      accepts: 'an http:// or https:// URL, or "" for none',
+      default: "",
+    }),
+    webhook_timeout_ms: integer({
+      doc: "Deadline of one POST; a slower answer is a failed attempt, retried with backoff.",
+      min: 100,
+      max: 60_000,
+      default: 5_000,
+    }),
+    queue_limit: integer({
+      doc: "Alarms waiting for delivery at most; more are dropped (and counted in an alarms-dropped alarm).",
+      min: 1,
+      max: 100_000,
+      default: 1_000,
+    }),
+  }),
 };
 
 export type FithaConfig = ConfigOf<typeof fithaConfigSchema>;

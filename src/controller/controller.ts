@@ -22,6 +22,8 @@ import { KvError, type Kv, type KvChange, type KvEntry } from "../store/kv.ts";
 import { maintenanceRecord, recoveryRequest, type EventRecord, type HostStateRecord, type ModeRecord, type RecoveryRequest } from "../store/records.ts";
 import { decodeEntry } from "../store/typed.ts";
 import { PrefixWatcher } from "../store/watcher.ts";
+import { AlarmRelay } from "../alarms/relay.ts";
+import type { AlarmTransport } from "../alarms/delivery-queue.ts";
 import { FencingResponder } from "./fencing-responder.ts";
 import { RecoveryExecutor } from "./recovery.ts";
 
@@ -40,6 +42,8 @@ export interface ControllerEnvironment {
   readonly now: () => Date;
   readonly kv: Readonly<Record<Plane, Kv>>;
   readonly keys: Keys;
+  /** Where the leader sends alarms (src/alarms/); none: the event log only. */
+  readonly alarms?: { readonly transport: AlarmTransport; readonly queueLimit: number };
 }
 
 /** Changes that come close together are decided on together: one step per burst. */
@@ -124,6 +128,7 @@ class Term {
   readonly #probes: Promise<void>;
   readonly recovery: RecoveryExecutor;
   readonly fencing: FencingResponder;
+  readonly alarms: AlarmRelay | undefined;
   /** Hosts that may receive recovered VMs: healthy, not in maintenance, and HA active. */
   #eligible: ReadonlySet<string> = new Set();
   /** Per source of deadlines (fencing events, recovery tasks), the pending wake-up: the earliest only. */
@@ -163,6 +168,8 @@ class Term {
       registeredHosts: () => this.registered,
       changed: () => this.#schedule(),
     });
+    const alarms = env.alarms;
+    this.alarms = alarms === undefined ? undefined : new AlarmRelay({ kv: env.kv.management, keys, clock: env.clock, now: env.now, name: controller.options.name, leading: () => this.#leading, ...alarms });
   }
 
   async stop(): Promise<void> {
@@ -170,6 +177,7 @@ class Term {
     await Promise.all([...this.#watchers, ...this.#heartbeatWatchers.values()].map((w) => w.stop()));
     await this.recovery.stop();
     await this.fencing.stop();
+    await this.alarms?.stop();
     await this.#probes;
     await this.#stepping;
   }

@@ -85,6 +85,8 @@ export interface Keys {
   fencing(host: string, question: number): string;
   readonly fencingAnswersPrefix: string;
   fencingAnswer(host: string, question: number): string;
+  /** The last event whose alarm the leader's relay delivered: the next leader goes on from there. */
+  readonly alarmCursor: string;
 }
 
 /** Host names as keys: DNS label characters only, so no name can reach outside its prefix. */
@@ -172,5 +174,6 @@ export function keys(prefix: string): Keys {
     fencing: (host: string, question: number) => under(`fencing/${checkHostName(host)}/${checkQuestion(question)}`),
     fencingAnswersPrefix: under("fencing-answers/"),
     fencingAnswer: (host: string, question: number) => under(`fencing-answers/${checkHostName(host)}/${checkQuestion(question)}`),
+    alarmCursor: under("alarms/cursor"),
   });
 }

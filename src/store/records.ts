@@ -103,6 +103,20 @@ export const maintenanceRecord: Codec<MaintenanceRecord> = (raw, source) => {
   return f.done({ on: f.boolean(r["on"], "on"), reason: f.text(r["reason"], "reason"), by: f.string(r["by"], "by", { maxLength: 256 }), at: f.time(r["at"], "at") });
 };
 
+/** Where the alarm relay is in the event log (src/alarms/relay.ts). */
+export interface AlarmCursorRecord {
+  /** The sequence of the last event whose alarm was delivered or given up. */
+  readonly sequence: string;
+  readonly at: string;
+  readonly by: string;
+}
+
+export const alarmCursorRecord: Codec<AlarmCursorRecord> = (raw, source) => {
+  const f = new Fields(source);
+  const r = f.object(raw, "", ["sequence", "at", "by"]);
+  return f.done({ sequence: f.string(r["sequence"], "sequence", { pattern: /^[0-9a-z-]{1,64}$/ }), at: f.time(r["at"], "at"), by: f.string(r["by"], "by", { maxLength: 256 }) });
+};
+
 export const modes = ["normal", "maintenance", "self-defense"] as const;
 export type Mode = (typeof modes)[number];
 

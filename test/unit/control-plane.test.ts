@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Writable } from "node:stream";
 import { Agent } from "../../src/agent/agent.ts";
 import type { LockdNotice, LockdQuestion, LockdQuestions } from "../../src/agent/fencing-bridge.ts";
+import { clockCheckIntervalMs, clockJumpThresholdMs } from "../../src/agent/clock-watch.ts";
 import { MemoryVmLeases } from "../../src/agent/vm-leases.ts";
 import { planes, type Plane } from "../../src/config/fitha-config.ts";
 import { VirtualClock } from "../../src/core/clock.ts";
@@ -77,6 +78,11 @@ class Lab {
   #wallMs = Date.parse("2026-11-23T12:00:00.000Z");
 
   now = () => new Date(this.#wallMs + this.clock.nowMs());
+
+  /** Steps every host's wall clock (as NTP or `date -s` would); the monotonic clock goes on. */
+  stepWallClock(ms: number): void {
+    this.#wallMs += ms;
+  }
 
   connect(who: string): Record<Plane, MemoryKv> {
     return Object.fromEntries(planes.map((plane) => [plane, this.clusters[plane].connect({ name: `etcd of the ${plane} plane (${who})`, requestTimeoutMs: 1_000 })])) as Record<Plane, MemoryKv>;
@@ -588,6 +594,26 @@ describe("fencing events on in-memory etcd and virtual time", () => {
     for (const event of events) expect(event.host).toBe("host-2");
     expect(byKind.get("lockd-fenced")!.reason).toContain("stopped: vm-a");
     expect(byKind.get("lease-corrupt")!.reason).toContain("bad checksum");
+    await lab.stop();
+  });
+});
+
+describe("clock jumps on in-memory etcd and virtual time", () => {
+  test("a wall clock stepped by more than the threshold is a clock-jump event of each host; drift below it is not", async () => {
+    const lab = new Lab();
+    await lab.setup(2);
+    const jumps = async () => (await listEvents(lab.admin.management, keys, { limit: 1000 })).events.map((e) => e.record).filter((e) => e.kind === "clock-jump");
+    lab.stepWallClock(clockJumpThresholdMs - 500);
+    await lab.clock.advance(2 * clockCheckIntervalMs);
+    expect(await jumps()).toEqual([]);
+    lab.stepWallClock(-45_000);
+    await lab.clock.advance(clockCheckIntervalMs);
+    const reported = await jumps();
+    expect(reported.map((e) => e.host).sort()).toEqual(["host-1", "host-2"]);
+    expect(reported[0]!.reason).toStartWith("the wall clock jumped back 45.0 s");
+    // Reported once: the next intervals are steady again.
+    await lab.clock.advance(3 * clockCheckIntervalMs);
+    expect(await jumps()).toHaveLength(2);
     await lab.stop();
   });
 });

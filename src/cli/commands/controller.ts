@@ -2,6 +2,7 @@ import { defineCommand } from "citty";
 import { hostname } from "node:os";
 import { ExitCode } from "../../errors.ts";
 import { Controller } from "../../controller/controller.ts";
+import { webhookTransport } from "../../alarms/webhook.ts";
 import { monotonicClock } from "../../core/clock.ts";
 import { logger } from "../../log.ts";
 import { keys } from "../../store/keys.ts";
@@ -17,13 +18,15 @@ export const controllerCommand = defineCommand({
   async run({ args }) {
     const { config } = await loadCommandConfig(args);
     const name = config.controller.name === "" ? hostname() : config.controller.name;
+    const { alarms: alarmConfig } = config;
+    const alarms = alarmConfig.webhook_url === "" ? undefined : { transport: webhookTransport(alarmConfig.webhook_url, { timeoutMs: alarmConfig.webhook_timeout_ms, cluster: config.etcd.prefix }), queueLimit: alarmConfig.queue_limit };
     const kv = connectPlanes(config);
     const controller = new Controller(
       { name, electionTtlMs: config.controller.election_ttl_ms, probeIntervalMs: config.controller.probe_interval_ms },
-      { clock: monotonicClock, now: () => new Date(), kv, keys: keys(config.etcd.prefix) },
+      { clock: monotonicClock, now: () => new Date(), kv, keys: keys(config.etcd.prefix), ...(alarms === undefined ? {} : { alarms }) },
     );
     controller.start();
-    log.info("controller campaigning", { name });
+    log.info("controller campaigning", { name, alarms: alarms?.transport.name ?? "event log only" });
     const signal = await stopSignal();
     log.info("stopping; a standby takes over", { signal });
     await controller.stop();
