@@ -113,8 +113,8 @@ export interface AlarmNotice {
   readonly host: string | null;
   readonly reason: string;
   readonly action: string;
-  /** The event that caused it (its key's sequence in the log, time, kind, author). */
-  readonly event: { readonly sequence: string; readonly time: string; readonly kind: EventKind; readonly by: string };
+  /** The event that caused it (its key's sequence in the log, time, kind, author); null for the relay's own notices (alarms-dropped, a test). */
+  readonly event: { readonly sequence: string; readonly time: string; readonly kind: EventKind; readonly by: string } | null;
 }
 
 const byEvent = new Map<EventKind, { definition: AlarmDefinition; status: AlarmNotice["status"] }>();

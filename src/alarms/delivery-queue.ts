@@ -89,7 +89,7 @@ export class DeliveryQueue {
         continue;
       }
       await this.#deliver(notice);
-      if (this.#dropped > 0 && this.#queue.length < this.options.queueLimit) this.#queue.push(this.#droppedNotice(notice));
+      if (this.#dropped > 0 && this.#queue.length < this.options.queueLimit) this.#queue.push(this.#droppedNotice());
     }
   }
 
@@ -114,12 +114,12 @@ export class DeliveryQueue {
     }
     if (this.#stopping) return;
     this.counts.givenUp++;
-    log.error("alarm given up", { alarm: notice.alarm, status: notice.status, host: notice.host, reason: notice.reason, event: notice.event.sequence });
+    log.error("alarm given up", { alarm: notice.alarm, status: notice.status, host: notice.host, reason: notice.reason, event: notice.event?.sequence ?? null });
     this.options.onSettled?.(notice, "given-up");
   }
 
-  /** Says how many alarms the full queue cost; borrows the last notice's event as its cause. */
-  #droppedNotice(last: AlarmNotice): AlarmNotice {
+  /** Says how many alarms the full queue cost. */
+  #droppedNotice(): AlarmNotice {
     const count = this.#dropped;
     this.#dropped = 0;
     return {
@@ -129,7 +129,7 @@ export class DeliveryQueue {
       host: null,
       reason: `${count} alarm(s) were dropped: the queue of alarms for ${this.options.transport.name} was full (limit ${this.options.queueLimit})`,
       action: "Read the event log for what they were (`fitha events --limit 1000`); check why the receiver was slow or down.",
-      event: last.event,
+      event: null,
     };
   }
 }

@@ -67,7 +67,9 @@ export class AlarmRelay {
       clock: env.clock,
       queueLimit: env.queueLimit,
       ...defaultDeliveryPolicy,
-      onSettled: (notice) => this.#advanceCursor(notice.event.sequence),
+      onSettled: (notice) => {
+        if (notice.event !== null) this.#advanceCursor(notice.event.sequence);
+      },
     });
     this.started = this.#start();
   }

@@ -14,6 +14,7 @@ export const fithaCommand = defineCommand({
   subCommands: {
     status: () => import("./commands/status.ts").then((m) => m.statusCommand),
     events: () => import("./commands/events.ts").then((m) => m.eventsCommand),
+    alarms: () => import("./commands/alarms.ts").then((m) => m.alarmsCommand),
     maintenance: () => import("./commands/maintenance.ts").then((m) => m.maintenanceCommand),
     strategy: () => import("./commands/strategy.ts").then((m) => m.strategyCommand),
     vm: () => import("./commands/vm.ts").then((m) => m.vmCommand),

@@ -82,3 +82,17 @@ test("a webhook URL that is not http(s) is refused at start, naming the key", as
   expect(result.exitCode).toBe(2);
   expect(result.stderr).toContain("alarms.webhook_url");
 }, 20_000);
+
+test("fitha alarms test: one test alarm to the webhook, its answer reported; fitha alarms list --json is the catalogue", async () => {
+  const scope = await cluster.scope("test-command");
+  using hook = receiver(1);
+  await appendFile(scope.config, `\n[alarms]\nwebhook_url = "${hook.url}"\n`);
+  const refused = await runFitha(["alarms", "test", "--config", scope.config]);
+  expect(refused.exitCode).toBe(1);
+  expect(refused.stderr).toContain(`${hook.url} did not take the test alarm: HTTP 503: receiver starting up`);
+  const sent = await runFitha(["alarms", "test", "--config", scope.config]);
+  expect(sent).toMatchObject({ exitCode: 0, stdout: `test alarm delivered to ${hook.url}\n` });
+  expect(hook.bodies).toEqual([{ alarm: "test", status: "firing", severity: "info", host: null, reason: expect.stringContaining("with fitha alarms test"), action: "None: a test.", event: null, cluster: "/test-command" }]);
+  const list = JSON.parse((await runFitha(["alarms", "list", "--json"])).stdout) as { alarms: Array<{ name: string; fired_by: string[] }> };
+  expect(list.alarms.find((a) => a.name === "fence-executed")?.fired_by).toEqual(["self-fenced", "lockd-fenced", "leases-taken"]);
+}, 20_000);

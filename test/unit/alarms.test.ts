@@ -146,7 +146,7 @@ describe("alarm relay on in-memory etcd and virtual time", () => {
       ["plane-down", "resolved", "host-1"],
     ]);
     const cursor = JSON.parse((await kv.get(keys.alarmCursor))!.value) as { sequence: string; by: string };
-    expect(cursor).toMatchObject({ sequence: receiver.got[1]!.event.sequence, by: "controller@controller-1" });
+    expect(cursor).toMatchObject({ sequence: receiver.got[1]!.event!.sequence, by: "controller@controller-1" });
     await first.stop();
   });
 
