@@ -211,7 +211,10 @@ describe("etcd authentication over TLS", () => {
       expect(runs[1]!.stdout).toBe("heartbeat_ttl_ms: 2000 → 2500\n");
       // Trace-level logs were written, and none shows the password.
       expect(runs.map(shown).join("").length).toBeGreaterThan(0);
-      for (const run of runs) expect(shown(run)).not.toContain(operatorPassword);
+      for (const run of runs) {
+        expect(shown(run)).not.toContain(operatorPassword);
+        expect(shown(run)).not.toContain("PRIVATE KEY");
+      }
 
       const wrongPassword = "wrong-Pw-55e1a0";
       const wrong = await runFitha(["config", "get", "--config", await configFile("wrong-password", tlsSection(ca, client) + authSection("fitha-operator", await passwordFile("wrong", wrongPassword))), "--log-level", "trace"]);
@@ -223,6 +226,10 @@ describe("etcd authentication over TLS", () => {
       const anonymous = await runFitha(["config", "get", "--config", await configFile("no-user", tlsSection(ca, client))]);
       expect(anonymous.exitCode).toBe(1);
       expect(anonymous.stderr).toContain(permissionDenied);
+
+      // A certificate whose CN names a user logs in as that user, no password: name certificates with care.
+      const viewerCertificate = await ca.issue("fitha-viewer", "client");
+      expect((await runFitha(["config", "get", "heartbeat_ttl_ms", "--config", await configFile("viewer-by-cn", tlsSection(ca, viewerCertificate))])).stdout).toBe("2500\n");
 
       const viewer = await configFile("viewer", tlsSection(ca, client) + authSection("fitha-viewer", await passwordFile("viewer", operatorPassword)));
       expect((await runFitha(["config", "get", "heartbeat_ttl_ms", "--config", viewer])).stdout).toBe("2500\n");
@@ -267,6 +274,7 @@ describe("etcd authentication over TLS", () => {
         expect(agentLog).toContain('"level":"debug"');
         expect(agentLog).not.toContain("permission denied");
         expect(agentLog).not.toContain(agentPassword);
+        expect(agentLog).not.toContain("PRIVATE KEY");
 
         // What host-a's user may not do: write another host's keys, or the controller's.
         const asAgent = Object.fromEntries(planes.map((plane) => [plane, kvAs(plane, user)])) as Record<Plane, Kv>;
