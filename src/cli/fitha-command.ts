@@ -26,6 +26,7 @@ export const fithaCommand = defineCommand({
     watchdog: () => import("./commands/watchdog.ts").then((m) => m.watchdogCommand),
     hook: () => import("./commands/hook.ts").then((m) => m.hookCommand),
     config: () => import("./commands/config.ts").then((m) => m.configCommand),
+    etcd: () => import("./commands/etcd.ts").then((m) => m.etcdCommand),
     version: () => import("./commands/version.ts").then((m) => m.versionCommand),
   },
 });

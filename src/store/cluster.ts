@@ -7,6 +7,7 @@ import type { FithaConfig, Plane } from "../config/fitha-config.ts";
 import { withDeadline } from "../deadline.ts";
 import { errorMessage } from "../errors.ts";
 import { readEtcdCredentials, type EtcdCredentials } from "./credentials.ts";
+import { dropIpServerNames } from "./tls-servername.ts";
 
 export type EtcdSettings = FithaConfig["etcd"];
 
@@ -23,6 +24,7 @@ const keepalivePingMs = 10_000;
  */
 export function connectPlane(etcd: EtcdSettings, plane: Plane, credentials: EtcdCredentials = readEtcdCredentials(etcd)): Etcd3 {
   const { tls, auth } = credentials;
+  dropIpServerNames();
   return new Etcd3({
     hosts: [...etcd[plane].endpoints],
     dialTimeout: etcd.dial_timeout_ms,
@@ -71,10 +73,34 @@ export async function probeCluster(client: Etcd3, etcd: EtcdSettings, plane: Pla
 
 /**
  * gRPC wraps the cause in boilerplate ("14 UNAVAILABLE: No connection established. Last error:
- * Error: connect ECONNREFUSED 127.0.0.1:1. Resolution note: "); operators need the cause.
+ * Error: connect ECONNREFUSED 127.0.0.1:1. Resolution note: "); operators need the cause, and
+ * for TLS and authentication failures, whose words come from OpenSSL or etcd, what to fix.
  */
 export function describeEtcdError(error: unknown): string {
   const message = errorMessage(error);
   const cause = /Last error: (?:Error: )?(.*?)\.?(?: Resolution note:.*)?$/s.exec(message)?.[1];
-  return cause !== undefined && cause !== "" ? cause : message;
+  // grpc-js stamps some causes with the time, " (2026-01-02T03:04:05.678Z)": noise in a message.
+  const described = (cause !== undefined && cause !== "" ? cause : message).replace(/ \(\d{4}-\d\d-\d\dT[\d:.]+Z\)/g, "");
+  const hint = securityHints.find(([pattern]) => pattern.test(described))?.[1];
+  return hint === undefined ? described : `${described}: ${hint}`;
 }
+
+/** What a TLS or authentication failure means for fitha.toml, by the words OpenSSL or etcd use for it. */
+const securityHints: ReadonlyArray<readonly [RegExp, string]> = [
+  // The server's TLS alert: Go's TLS sends "bad certificate" for a missing one and for one of an unknown CA alike.
+  [
+    /ALERT_(BAD_CERTIFICATE|UNKNOWN_CA|CERTIFICATE_REQUIRED|CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE|CERTIFICATE_EXPIRED)/,
+    "the etcd server refused this client's certificate (or its lack of one): it accepts only client certificates signed by a CA it trusts (its --trusted-ca-file); set etcd.tls.cert_file and etcd.tls.key_file to one",
+  ],
+  [
+    /unable to verify the first certificate|unable to get (local )?issuer certificate|self[- ]signed certificate|certificate signed by unknown authority/i,
+    "the etcd server's certificate is not signed by the CA in etcd.tls.ca_file; set it to the CA that signed the servers' certificates",
+  ],
+  [/certificate has expired|certificate is not yet valid/i, "a certificate is outside its validity period (check its dates and this host's clock)"],
+  [/does not match certificate's altnames|ERR_TLS_CERT_ALTNAME_INVALID/i, "the etcd server's certificate does not name the address of the endpoint: its subjectAltName must list that IP address or DNS name"],
+  [/before secure TLS connection was established/i, "the endpoint is https:// but the server did not complete a TLS handshake; if it serves plain http, use http:// and leave etcd.tls empty"],
+  [/^Failed to connect$/, "no gRPC connection; if the etcd server serves TLS, its endpoints must be https:// with etcd.tls.ca_file set"],
+  [/authentication failed, invalid user ID or password/, "check etcd.auth.username and the password in etcd.auth.password_file"],
+  [/user name is empty/, "the etcd cluster has authentication enabled: set etcd.auth.username and etcd.auth.password_file (or use a client certificate whose CN is an etcd user)"],
+  [/permission denied/, "the etcd user (etcd.auth.username; without one, the client certificate's CN) has no permission for this key: `fitha etcd roles` prints the roles fitha needs"],
+];

@@ -171,7 +171,7 @@ export class EtcdKv implements Kv {
         detached = true;
         if (state === "connecting") state = "open";
         resolve();
-        void this.#compacted(nextRevision).then((compacted) => close(compacted ? { kind: "compacted" } : { kind: "failed", error: this.#error("watch", subject, error) }));
+        void this.#compacted(prefix, nextRevision).then((compacted) => close(compacted ? { kind: "compacted" } : { kind: "failed", error: this.#error("watch", subject, error) }));
       });
     });
     try {
@@ -183,9 +183,10 @@ export class EtcdKv implements Kv {
     return { cancel };
   }
 
-  async #compacted(revision: bigint): Promise<boolean> {
+  /** Reads the prefix's own key: a user whose etcd role grants only that prefix (src/store/etcd-roles.ts) may read it. */
+  async #compacted(prefix: string, revision: bigint): Promise<boolean> {
     try {
-      await withDeadline(this.client.kv.range({ key: bytes("\0"), revision: revision.toString() }), this.requestTimeoutMs, `${this.name}: read at revision ${revision}`);
+      await withDeadline(this.client.kv.range({ key: bytes(prefix), revision: revision.toString() }), this.requestTimeoutMs, `${this.name}: read at revision ${revision}`);
       return false;
     } catch (error) {
       return /required revision has been compacted/.test(describeEtcdError(error));

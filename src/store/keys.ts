@@ -82,8 +82,11 @@ export interface Keys {
   task(uuid: string): string;
   /** Fencing events (lockd's questions), written to every plane's cluster: any one getting through is enough. */
   readonly fencingPrefix: string;
+  /** One host's fencing events (its etcd role's grant). */
+  hostFencingPrefix(host: string): string;
   fencing(host: string, question: number): string;
   readonly fencingAnswersPrefix: string;
+  hostFencingAnswersPrefix(host: string): string;
   fencingAnswer(host: string, question: number): string;
   /** The last event whose alarm the leader's relay delivered: the next leader goes on from there. */
   readonly alarmCursor: string;
@@ -171,8 +174,10 @@ export function keys(prefix: string): Keys {
     tasksPrefix: under("tasks/"),
     task: (uuid: string) => under(`tasks/${checkVmUuid(uuid)}`),
     fencingPrefix: under("fencing/"),
+    hostFencingPrefix: (host: string) => under(`fencing/${checkHostName(host)}/`),
     fencing: (host: string, question: number) => under(`fencing/${checkHostName(host)}/${checkQuestion(question)}`),
     fencingAnswersPrefix: under("fencing-answers/"),
+    hostFencingAnswersPrefix: (host: string) => under(`fencing-answers/${checkHostName(host)}/`),
     fencingAnswer: (host: string, question: number) => under(`fencing-answers/${checkHostName(host)}/${checkQuestion(question)}`),
     alarmCursor: under("alarms/cursor"),
   });

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { readFile, rm } from "node:fs/promises";
 
 export interface LocalEtcd extends AsyncDisposable {
-  /** Client URL, e.g. "http://127.0.0.1:41234". */
+  /** Client URL, e.g. "http://127.0.0.1:41234" ("https://…" with `tls`). */
   readonly endpoint: string;
   readonly pid: number;
   readonly dataDir: string;
@@ -23,6 +23,15 @@ export interface EtcdOptions {
   name?: string;
   /** How long to wait for /health before giving up. */
   startTimeoutMs?: number;
+  /** Serve clients over TLS only (https), with this server certificate; etcd's own flags. */
+  tls?: EtcdTls;
+}
+
+export interface EtcdTls {
+  readonly certFile: string;
+  readonly keyFile: string;
+  /** The CA whose client certificates are accepted; with it, a client without one is refused (--client-cert-auth). */
+  readonly clientCaFile?: string;
 }
 
 const etcdBinary = "/usr/bin/etcd";
@@ -41,7 +50,7 @@ export async function startEtcd(options: EtcdOptions = {}): Promise<LocalEtcd> {
   const dir = await tempDir(name);
   try {
     for (let attempt = 1; ; attempt++) {
-      const started = await tryStart(name, dir, options.startTimeoutMs ?? 15_000);
+      const started = await tryStart(name, dir, options.startTimeoutMs ?? 15_000, options.tls);
       if (started.ok) return started.etcd;
       if (!started.portTaken || attempt === maxStartAttempts) throw new Error(started.reason);
     }
@@ -53,10 +62,21 @@ export async function startEtcd(options: EtcdOptions = {}): Promise<LocalEtcd> {
 
 type Attempt = { ok: true; etcd: LocalEtcd } | { ok: false; portTaken: boolean; reason: string };
 
-async function tryStart(name: string, dir: TempDir, startTimeoutMs: number): Promise<Attempt> {
-  const [clientPort, peerPort] = await freePorts(2);
-  const endpoint = `http://127.0.0.1:${clientPort}`;
+async function tryStart(name: string, dir: TempDir, startTimeoutMs: number, tls: EtcdTls | undefined): Promise<Attempt> {
+  const [clientPort, peerPort, metricsPort] = await freePorts(3);
+  const endpoint = `${tls === undefined ? "http" : "https"}://127.0.0.1:${clientPort}`;
   const peer = `http://127.0.0.1:${peerPort}`;
+  // With TLS, /health is asked on a plain metrics listener: the client one may want a certificate.
+  const healthUrl = tls === undefined ? endpoint : `http://127.0.0.1:${metricsPort}`;
+  const tlsFlags =
+    tls === undefined
+      ? []
+      : [
+          "--cert-file", tls.certFile,
+          "--key-file", tls.keyFile,
+          "--listen-metrics-urls", healthUrl,
+          ...(tls.clientCaFile === undefined ? [] : ["--client-cert-auth", "--trusted-ca-file", tls.clientCaFile]),
+        ];
   const dataDir = join(dir.path, "data");
   const logFile = join(dir.path, "etcd.log");
   const child = Bun.spawn(
@@ -71,6 +91,7 @@ async function tryStart(name: string, dir: TempDir, startTimeoutMs: number): Pro
       "--initial-cluster", `${name}=${peer}`,
       "--initial-cluster-state", "new",
       "--log-outputs", "stderr",
+      ...tlsFlags,
     ],
     { stdin: "ignore", stdout: Bun.file(logFile), stderr: Bun.file(logFile) },
   );
@@ -84,7 +105,7 @@ async function tryStart(name: string, dir: TempDir, startTimeoutMs: number): Pro
   const deadline = Date.now() + startTimeoutMs;
   while (Date.now() < deadline) {
     if (child.exitCode !== null || child.signalCode !== null) break;
-    if (await healthy(endpoint)) {
+    if (await healthy(healthUrl)) {
       return { ok: true, etcd: { endpoint, pid: child.pid, dataDir, stop, [Symbol.asyncDispose]: stop } };
     }
     await Bun.sleep(healthPollMs);
@@ -102,9 +123,9 @@ async function tryStart(name: string, dir: TempDir, startTimeoutMs: number): Pro
   };
 }
 
-async function healthy(endpoint: string): Promise<boolean> {
+async function healthy(url: string): Promise<boolean> {
   try {
-    const response = await fetch(`${endpoint}/health`, { signal: AbortSignal.timeout(1_000) });
+    const response = await fetch(`${url}/health`, { signal: AbortSignal.timeout(1_000) });
     return response.ok && ((await response.json()) as { health?: string }).health === "true";
   } catch {
     return false;
