@@ -1,0 +1,248 @@
+/**
+ * What `fitha doctor` looks at on this host, each look bounded by a deadline so that a hung etcd,
+ * storage or libvirtd costs doctor a few seconds, never its answer: blocking I/O runs in the
+ * Workers the daemons use (DirectDevice, WorkerHypervisor), and whatever is still stuck when
+ * doctor has its verdicts is left behind (the CLI exits explicitly). verdicts.ts judges the facts.
+ */
+import { readdir, readFile, readlink } from "node:fs/promises";
+import { basename, resolve } from "node:path";
+import { clockBoottimeMs, wallClockSync } from "../../ffi/libc.ts";
+import { planes, type FithaConfig } from "../config/fitha-config.ts";
+import { ConfigError, loadConfig } from "../config/load.ts";
+import { withDeadline } from "../deadline.ts";
+import { errorMessage, FithaError } from "../errors.ts";
+import { DirectDevice } from "../lease/direct-device.ts";
+import { dumpLockspace } from "../lease/lease-file.ts";
+import { NotFormattedError, SectorSizeMismatchError } from "../lease/lockspace.ts";
+import { CorruptionError } from "../lease/records.ts";
+import { IoError } from "../lease/sector-device.ts";
+import { requestLockd } from "../lockd/client.ts";
+import { bootId, lockdAlive } from "../lockd/host-identity.ts";
+import { defaultStateDir, readState, type LockdState } from "../lockd/state-file.ts";
+import { connectPlane, probeCluster, type EtcdSettings } from "../store/cluster.ts";
+import { inspectQemuHook } from "../virt/qemu-hook-install.ts";
+import { WorkerHypervisor } from "../virt/worker-hypervisor.ts";
+import type { ClockFacts, ConfigFacts, HookFacts, LeaseFacts, LibvirtFacts, LockdFacts, LockdStatusFacts, PlaneFacts, WatchdogFacts, WatchdogProcess } from "./verdicts.ts";
+
+/** Deadline of each look (they run at once, so doctor takes about this long at worst). */
+export const lookTimeoutMs = 3_000;
+
+export async function readConfigFacts(file: string): Promise<{ facts: ConfigFacts; config: FithaConfig | undefined }> {
+  try {
+    return { facts: { file, ok: true }, config: await loadConfig(file) };
+  } catch (error) {
+    if (error instanceof ConfigError) return { facts: { file, ok: false, unreadable: false, problems: error.problems.map((p) => `${p.key}: ${p.message}`) }, config: undefined };
+    if (error instanceof FithaError) return { facts: { file, ok: false, unreadable: true, problems: [error.message] }, config: undefined };
+    throw error;
+  }
+}
+
+/** Each plane's cluster, probed at once as `fitha status` does, with the configured timeouts capped at doctor's. */
+export async function probePlanes(config: FithaConfig): Promise<PlaneFacts[]> {
+  const etcd: EtcdSettings = { ...config.etcd, dial_timeout_ms: Math.min(config.etcd.dial_timeout_ms, lookTimeoutMs / 2), request_timeout_ms: Math.min(config.etcd.request_timeout_ms, lookTimeoutMs / 2) };
+  return await Promise.all(
+    planes.map(async (plane): Promise<PlaneFacts> => {
+      const endpoints = config.etcd[plane].endpoints;
+      let client: ReturnType<typeof connectPlane>;
+      try {
+        client = connectPlane(etcd, plane);
+      } catch (error) {
+        // Unreadable TLS material or password file: a FithaError naming the key.
+        if (!(error instanceof FithaError)) throw error;
+        return { plane, endpoints, probe: { reachable: false, error: error.message } };
+      }
+      try {
+        const probe = await withDeadline(probeCluster(client, etcd, plane), lookTimeoutMs, `etcd of the ${plane} plane`).catch((error: unknown) => ({ reachable: false as const, error: errorMessage(error) }));
+        return { plane, endpoints, probe };
+      } finally {
+        client.close();
+      }
+    }),
+  );
+}
+
+/** The lease file named on the command line, else the one in lockd's state; and the host id likewise. */
+export interface LeaseTarget {
+  readonly path: string | undefined;
+  readonly hostId: number | undefined;
+  readonly hostIdSource: string;
+}
+
+export function leaseTarget(flags: { leaseFile: string | undefined; hostId: number | undefined }, state: LockdState | undefined): LeaseTarget {
+  return {
+    path: flags.leaseFile ?? state?.leaseFile,
+    hostId: flags.hostId ?? state?.incarnation.hostId,
+    hostIdSource: flags.hostId !== undefined ? "--host-id" : "lockd's state",
+  };
+}
+
+/**
+ * Opens the lease file as lockd does (O_DIRECT, in the I/O worker), reads its first sectors, then
+ * the whole lockspace as `fitha lease dump` does. A device whose I/O failed is closed without
+ * waiting: its worker may be stuck in a syscall for as long as the storage hangs.
+ */
+export async function inspectLease(path: string): Promise<LeaseFacts> {
+  const openedAt = performance.now();
+  let device: DirectDevice;
+  try {
+    device = await DirectDevice.open(path, { timeoutMs: lookTimeoutMs });
+  } catch (error) {
+    if (!(error instanceof IoError)) throw error;
+    return { state: "unopened", path, error: error.message, code: error.code };
+  }
+  const openMs = performance.now() - openedAt;
+  const facts = { state: "opened" as const, path, openMs, device: { blockDevice: device.blockDevice, sectorSize: device.sectorSize, alignmentBytes: device.alignmentBytes, sizeBytes: device.sizeBytes } };
+  let healthy = false;
+  try {
+    const bytes = Math.min(4096, device.sizeBytes);
+    if (bytes === 0) {
+      healthy = true;
+      return { ...facts, firstRead: { ok: true, bytes, ms: 0 }, lockspace: { state: "not-formatted" } };
+    }
+    const readAt = performance.now();
+    try {
+      await device.io([{ kind: "read", offset: 0, length: bytes }], lookTimeoutMs);
+    } catch (error) {
+      if (!(error instanceof IoError)) throw error;
+      return { ...facts, firstRead: { ok: false, error: error.message }, lockspace: undefined };
+    }
+    const firstRead = { ok: true as const, bytes, ms: performance.now() - readAt };
+    try {
+      const dump = await withDeadline(dumpLockspace(device, lookTimeoutMs), lookTimeoutMs, `reading the lockspace on ${path}`);
+      healthy = true;
+      return { ...facts, firstRead, lockspace: { state: "read", dump } };
+    } catch (error) {
+      if (error instanceof NotFormattedError) {
+        healthy = true;
+        return { ...facts, firstRead, lockspace: { state: "not-formatted" } };
+      }
+      if (error instanceof SectorSizeMismatchError) {
+        healthy = true;
+        return { ...facts, firstRead, lockspace: { state: "sector-size", lockspaceSectorSize: error.lockspaceSectorSize, deviceSectorSize: error.deviceSectorSize } };
+      }
+      if (error instanceof CorruptionError || error instanceof RangeError) return { ...facts, firstRead, lockspace: { state: "corrupt", error: error.message } };
+      if (error instanceof IoError || error instanceof FithaError) return { ...facts, firstRead, lockspace: { state: "unreadable", error: error.message } };
+      throw error;
+    }
+  } finally {
+    const closing = device.close();
+    if (healthy) await closing;
+  }
+}
+
+/** Connects to libvirt in a Worker (as lockd does) and asks for the node info, both bounded. */
+export async function probeLibvirt(uri: string): Promise<LibvirtFacts> {
+  const startedAt = performance.now();
+  let hypervisor: WorkerHypervisor | undefined;
+  try {
+    hypervisor = await WorkerHypervisor.open(uri, { callTimeoutMs: lookTimeoutMs, openTimeoutMs: lookTimeoutMs, maxReplacements: 0 });
+    const node = await hypervisor.nodeInfo();
+    const connectMs = performance.now() - startedAt;
+    await hypervisor.close();
+    return { uri, ok: true, connectMs, cpus: node.cpus, memoryKiB: node.memoryKiB };
+  } catch (error) {
+    // A hypervisor that failed is not waited for: its worker may be stuck inside libvirt.
+    void hypervisor?.close().catch(() => undefined);
+    return { uri, ok: false, error: errorMessage(error) };
+  }
+}
+
+export async function inspectHook(hooksDir: string, thisBinary: string): Promise<HookFacts> {
+  try {
+    return { hooksDir, thisBinary, hook: await inspectQemuHook(hooksDir) };
+  } catch (error) {
+    if (!(error instanceof FithaError)) throw error;
+    return { hooksDir, thisBinary, hook: { state: "error", error: error.message } };
+  }
+}
+
+/** lockd's status over its socket, as `fitha lease status` asks for it. */
+export async function probeLockd(socket: string): Promise<LockdFacts> {
+  try {
+    const reply = await requestLockd(socket, { op: "status" }, lookTimeoutMs);
+    if (!reply.ok) return { socket, ok: false, error: `lockd at ${socket} refused the status request: ${reply.message}` };
+    return { socket, ok: true, status: reply["status"] as LockdStatusFacts };
+  } catch (error) {
+    if (!(error instanceof FithaError)) throw error;
+    return { socket, ok: false, error: error.message };
+  }
+}
+
+/** lockd's state file in `stateDir`: undefined when there is none, the error when it cannot be read. */
+export async function readLockdState(stateDir: string): Promise<LockdState | { error: string } | undefined> {
+  try {
+    return await readState(stateDir);
+  } catch (error) {
+    return { error: errorMessage(error) };
+  }
+}
+
+export async function watchdogFacts(stateDir: string, state: LockdState | { error: string } | undefined, hypervisor: string): Promise<WatchdogFacts> {
+  const processes = await findWatchdogs();
+  if (state === undefined || "error" in state) return { stateDir, processes, lockdState: state, hypervisor };
+  const [running, thisBootId] = await Promise.all([lockdAlive(state.pid), bootId()]);
+  return {
+    stateDir,
+    processes,
+    hypervisor,
+    lockdState: { pid: state.pid, running, thisBoot: state.bootId === thisBootId, leases: state.leases.length, validForMs: state.validUntilMs - clockBoottimeMs() },
+  };
+}
+
+/**
+ * Every `fitha watchdog` process of this machine, from /proc: a command line whose word after
+ * the fitha program (the binary, or src/cli/main.ts when run from source) is "watchdog". The
+ * watchdog has no pid file or socket; its command line is what names it and its --state-dir.
+ */
+async function findWatchdogs(): Promise<WatchdogProcess[]> {
+  const pids = (await readdir("/proc")).filter((entry) => /^\d+$/.test(entry) && Number(entry) !== process.pid);
+  const found = await Promise.all(
+    pids.map(async (pid): Promise<WatchdogProcess | undefined> => {
+      // A process may end between readdir and these reads: then it is simply not there.
+      const commandLine = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+      const argv = commandLine.split("\0");
+      const at = argv.findIndex((word, i) => word === "watchdog" && i > 0 && isFithaProgram(argv[i - 1]!));
+      if (at < 0) return undefined;
+      const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => "/");
+      return { pid: Number(pid), stateDir: resolve(cwd, optionValue(argv.slice(at + 1), "--state-dir") ?? defaultStateDir) };
+    }),
+  );
+  return found.filter((p) => p !== undefined);
+}
+
+function isFithaProgram(word: string): boolean {
+  return basename(word).startsWith("fitha") || word.endsWith("/cli/main.ts");
+}
+
+/** `--name V` or `--name=V` among `args` (before any `--`). */
+function optionValue(args: readonly string[], name: string): string | undefined {
+  for (let i = 0; i < args.length && args[i] !== "--"; i++) {
+    if (args[i] === name) return args[i + 1];
+    if (args[i]!.startsWith(`${name}=`)) return args[i]!.slice(name.length + 1);
+  }
+  return undefined;
+}
+
+/** Two CLOCK_BOOTTIME readings a little apart, and /proc/uptime (the same clock) after them. */
+export async function readClock(): Promise<ClockFacts | { error: string }> {
+  try {
+    const first = clockBoottimeMs();
+    await Bun.sleep(20);
+    const second = clockBoottimeMs();
+    const uptime = await readFile("/proc/uptime", "utf8");
+    const after = clockBoottimeMs();
+    const seconds = Number(uptime.split(" ")[0]);
+    if (!Number.isFinite(seconds)) return { error: `/proc/uptime holds ${JSON.stringify(uptime.trim())}` };
+    return { boottimeMs: [first, second], uptimeMs: seconds * 1000, boottimeAfterUptimeMs: after };
+  } catch (error) {
+    return { error: errorMessage(error) };
+  }
+}
+
+export function readTimeSync(): { synchronized: boolean; maxErrorMs: number } | { error: string } {
+  try {
+    return wallClockSync();
+  } catch (error) {
+    return { error: errorMessage(error) };
+  }
+}
