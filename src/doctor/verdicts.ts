@@ -50,7 +50,7 @@ export function etcdVerdicts(configFile: string, planes: readonly PlaneFacts[] |
     }
     const latencyMs = Math.round(probe.latencyMs * 100) / 100;
     const values = { endpoints: where, reachable: true, latency_ms: latencyMs, etcd_version: probe.etcdVersion, cluster_id: probe.clusterId, members: probe.members };
-    const detail = `${where}: etcd ${probe.etcdVersion}, ${probe.members} member${probe.members === 1 ? "" : "s"}, ${latencyMs.toFixed(1)} ms`;
+    const detail = `${where}: etcd ${probe.etcdVersion}, ${count(probe.members, "member")}, ${latencyMs.toFixed(1)} ms`;
     const shared = planes.slice(0, index).find((other) => other.probe.reachable && other.probe.clusterId === probe.clusterId);
     if (shared === undefined) return check(name, "ok", detail, null, values);
     return check(
@@ -182,9 +182,9 @@ function readLockspaceVerdict(path: string, dump: Dump, device: DeviceFacts, hos
     corrupt: dump.corrupt.length,
     host_id: host.hostId ?? null,
   };
-  const summary = `lockspace "${ls.name}" (${ls.id}): ${ls.sector_size}-byte sectors (the device needs ${device.alignmentBytes}), ${ls.hosts} host ids, ${ls.slots} VM lease slots; ${dump.hosts.length} hosts joined, ${dump.leases.length} slots used`;
+  const summary = `lockspace "${ls.name}" (${ls.id}): ${ls.sector_size}-byte sectors (the device needs ${device.alignmentBytes}), ${ls.hosts} host ids, ${ls.slots} VM lease slots; ${count(dump.hosts.length, "host")} joined, ${count(dump.leases.length, "slot")} used`;
   if (dump.corrupt.length > 0) {
-    return check("lockspace", "fail", `${summary}; ${dump.corrupt.length} corrupt records, the first: ${dump.corrupt[0]}`, `investigate before any host uses it (\`fitha lease dump --path ${path}\` lists them)`, values);
+    return check("lockspace", "fail", `${summary}; ${count(dump.corrupt.length, "corrupt record")}, the first: ${dump.corrupt[0]}`, `investigate before any host uses it (\`fitha lease dump --path ${path}\` lists them)`, values);
   }
   if (host.hostId === undefined) return check("lockspace", "ok", `${summary}; this host's id unknown (give --host-id to check it)`, null, values);
   const id = `host id ${host.hostId} (${host.hostIdSource})`;
@@ -223,7 +223,8 @@ export function libvirtVerdict(facts: LibvirtFacts | undefined, configFile: stri
     return check(
       "libvirt",
       "fail",
-      `${facts.uri}: ${facts.error}`,
+      // HypervisorError names the URI itself.
+      facts.error,
       `start libvirt's daemon (\`systemctl start libvirtd\`, or virtqemud), or correct [host] hypervisor in ${configFile}`,
       { uri: facts.uri, reachable: false },
     );
@@ -282,7 +283,7 @@ export function lockdVerdict(facts: LockdFacts): Check {
   if (!facts.ok) return check("lockd", "fail", facts.error, start, { socket: facts.socket, reachable: false });
   const s = facts.status;
   const values = { socket: facts.socket, reachable: true, phase: s.phase, host_id: s.host_id, generation: s.generation, last_renewal_age_ms: s.last_renewal_age_ms, valid_for_ms: s.valid_for_ms, leases: s.leases.length };
-  const detail = `${facts.socket}: host "${s.host_name}" (host id ${s.host_id}, generation ${s.generation}), host lease ${s.phase}${s.lost_reason === null ? "" : ` (${s.lost_reason})`}, renewed ${s.last_renewal_age_ms} ms ago, valid for ${s.valid_for_ms} ms, ${s.leases.length} VM leases held`;
+  const detail = `${facts.socket}: host "${s.host_name}" (host id ${s.host_id}, generation ${s.generation}), host lease ${s.phase}${s.lost_reason === null ? "" : ` (${s.lost_reason})`}, renewed ${s.last_renewal_age_ms} ms ago, valid for ${s.valid_for_ms} ms, ${count(s.leases.length, "VM lease")} held`;
   if (s.phase === "ok") return check("lockd", "ok", detail, null, values);
   if (s.phase === "failed") return check("lockd", "fail", detail, "its host lease is lost: it exits and its service restarts it, joining again; if it does not, restart it", values);
   return check("lockd", "warn", detail, "its renewals are late: check the shared storage from this host (`fitha lease status` shows the timeline)", values);
@@ -319,7 +320,7 @@ export function watchdogVerdict(facts: WatchdogFacts): Check {
   const state = facts.lockdState;
   if (state === undefined) return check("watchdog", "ok", `${who}; no lockd state there yet (lockd has not joined)`, null, values);
   if ("error" in state) return check("watchdog", "warn", `${who}; lockd's state there is unreadable: ${state.error}`, "look at lockd's log: it rewrites the file after every renewal", values);
-  const about = `lockd pid ${state.pid} (${state.running ? "running" : "not running"}), ${state.leases} VM leases`;
+  const about = `lockd pid ${state.pid} (${state.running ? "running" : "not running"}), ${count(state.leases, "VM lease")}`;
   if (!state.thisBoot) return check("watchdog", "ok", `${who}; its state is from an earlier boot (nothing to guard)`, null, values);
   const armed = `${who}; ${about}, ${state.validForMs >= 0 ? `valid for ${Math.round(state.validForMs)} ms` : `expired ${Math.round(-state.validForMs)} ms ago`}`;
   return check("watchdog", "ok", armed, null, { ...values, lockd_pid: state.pid, lockd_running: state.running, leases: state.leases, valid_for_ms: Math.round(state.validForMs) });
@@ -363,6 +364,11 @@ export function timeSyncVerdict(facts: { readonly synchronized: boolean; readonl
     "run an NTP client: `systemctl enable --now systemd-timesyncd` (or chrony)",
     values,
   );
+}
+
+/** "1 host", "2 hosts". */
+function count(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }
 
 function round(ms: number): number {
