@@ -177,16 +177,20 @@ export async function readLockdState(stateDir: string): Promise<LockdState | { e
   }
 }
 
-export async function watchdogFacts(stateDir: string, state: LockdState | { error: string } | undefined, hypervisor: string): Promise<WatchdogFacts> {
-  const processes = await findWatchdogs();
-  if (state === undefined || "error" in state) return { stateDir, processes, lockdState: state, hypervisor };
-  const [running, thisBootId] = await Promise.all([lockdAlive(state.pid), bootId()]);
-  return {
-    stateDir,
-    processes,
-    hypervisor,
-    lockdState: { pid: state.pid, running, thisBoot: state.bootId === thisBootId, leases: state.leases.length, validForMs: state.validUntilMs - clockBoottimeMs() },
+/** The watchdog processes and lockd's state they guard; bounded: reading /proc/PID/cmdline waits while that process's memory map is locked (a process stuck in a page fault on hung storage). */
+export async function watchdogFacts(stateDir: string, state: LockdState | { error: string } | undefined, hypervisor: string): Promise<WatchdogFacts | { error: string }> {
+  const look = async (): Promise<WatchdogFacts> => {
+    const processes = await findWatchdogs();
+    if (state === undefined || "error" in state) return { stateDir, processes, lockdState: state, hypervisor };
+    const [running, thisBootId] = await Promise.all([lockdAlive(state.pid), bootId()]);
+    return {
+      stateDir,
+      processes,
+      hypervisor,
+      lockdState: { pid: state.pid, running, thisBoot: state.bootId === thisBootId, leases: state.leases.length, validForMs: state.validUntilMs - clockBoottimeMs() },
+    };
   };
+  return await withDeadline(look(), lookTimeoutMs, "looking for the watchdog in /proc").catch((error: unknown) => ({ error: errorMessage(error) }));
 }
 
 /**
@@ -196,18 +200,26 @@ export async function watchdogFacts(stateDir: string, state: LockdState | { erro
  */
 async function findWatchdogs(): Promise<WatchdogProcess[]> {
   const pids = (await readdir("/proc")).filter((entry) => /^\d+$/.test(entry) && Number(entry) !== process.pid);
-  const found = await Promise.all(
-    pids.map(async (pid): Promise<WatchdogProcess | undefined> => {
-      // A process may end between readdir and these reads: then it is simply not there.
-      const commandLine = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
-      const argv = commandLine.split("\0");
-      const at = argv.findIndex((word, i) => word === "watchdog" && i > 0 && isFithaProgram(argv[i - 1]!));
-      if (at < 0) return undefined;
-      const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => "/");
-      return { pid: Number(pid), stateDir: resolve(cwd, optionValue(argv.slice(at + 1), "--state-dir") ?? defaultStateDir) };
-    }),
-  );
-  return found.filter((p) => p !== undefined);
+  const found: WatchdogProcess[] = [];
+  // In batches: a host runs thousands of processes, and reading all their command lines at once
+  // could exhaust the file descriptors (then a watchdog would be missed).
+  for (let first = 0; first < pids.length; first += procReadBatch) {
+    const batch = await Promise.all(pids.slice(first, first + procReadBatch).map(watchdogProcess));
+    for (const watchdog of batch) if (watchdog !== undefined) found.push(watchdog);
+  }
+  return found;
+}
+
+const procReadBatch = 64;
+
+async function watchdogProcess(pid: string): Promise<WatchdogProcess | undefined> {
+  // A process may end between readdir and these reads: then it is simply not there.
+  const commandLine = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+  const argv = commandLine.split("\0");
+  const at = argv.findIndex((word, i) => word === "watchdog" && i > 0 && isFithaProgram(argv[i - 1]!));
+  if (at < 0) return undefined;
+  const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => "/");
+  return { pid: Number(pid), stateDir: resolve(cwd, optionValue(argv.slice(at + 1), "--state-dir") ?? defaultStateDir) };
 }
 
 function isFithaProgram(word: string): boolean {

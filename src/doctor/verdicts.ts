@@ -304,7 +304,8 @@ export interface WatchdogFacts {
   readonly hypervisor: string;
 }
 
-export function watchdogVerdict(facts: WatchdogFacts): Check {
+export function watchdogVerdict(facts: WatchdogFacts | { readonly error: string }): Check {
+  if ("error" in facts) return check("watchdog", "skipped", facts.error);
   const start = `start it beside lockd, as its service: \`fitha watchdog --state-dir ${facts.stateDir} --hypervisor ${facts.hypervisor}\``;
   if (facts.processes.length === 0) {
     return check("watchdog", "fail", "no `fitha watchdog` process runs: VMs would keep running under a hung lockd's expired leases", start, { state_dir: facts.stateDir, pids: null });
