@@ -69,11 +69,10 @@ export interface LeaseTarget {
 }
 
 export function leaseTarget(flags: { leaseFile: string | undefined; hostId: number | undefined }, state: LockdState | undefined): LeaseTarget {
-  return {
-    path: flags.leaseFile ?? state?.leaseFile,
-    hostId: flags.hostId ?? state?.incarnation.hostId,
-    hostIdSource: flags.hostId !== undefined ? "--host-id" : "lockd's state",
-  };
+  const path = flags.leaseFile ?? state?.leaseFile;
+  // lockd's host id is an id in its own lease file only.
+  const stateHostId = state !== undefined && path === state.leaseFile ? state.incarnation.hostId : undefined;
+  return { path, hostId: flags.hostId ?? stateHostId, hostIdSource: flags.hostId !== undefined ? "--host-id" : "lockd's state" };
 }
 
 /**
