@@ -1,8 +1,9 @@
 /**
  * What `fitha doctor` looks at on this host, each look bounded by a deadline so that a hung etcd,
  * storage or libvirtd costs doctor a few seconds, never its answer: blocking I/O runs in the
- * Workers the daemons use (DirectDevice, WorkerHypervisor), and whatever is still stuck when
- * doctor has its verdicts is left behind (the CLI exits explicitly). verdicts.ts judges the facts.
+ * Workers the daemons use (WorkerHypervisor; the lease file's DirectDevice in a process of its
+ * own, see leaseChecksInChild), and whatever is still stuck when doctor has its verdicts is left
+ * behind (the CLI exits explicitly). verdicts.ts judges the facts.
  */
 import { readdir, readFile, readlink } from "node:fs/promises";
 import { basename, resolve } from "node:path";
@@ -11,18 +12,15 @@ import { planes, type FithaConfig } from "../config/fitha-config.ts";
 import { ConfigError, loadConfig } from "../config/load.ts";
 import { withDeadline } from "../deadline.ts";
 import { errorMessage, FithaError } from "../errors.ts";
-import { DirectDevice } from "../lease/direct-device.ts";
-import { dumpLockspace } from "../lease/lease-file.ts";
-import { NotFormattedError, SectorSizeMismatchError } from "../lease/lockspace.ts";
-import { CorruptionError } from "../lease/records.ts";
-import { IoError } from "../lease/sector-device.ts";
 import { requestLockd } from "../lockd/client.ts";
 import { bootId, lockdAlive } from "../lockd/host-identity.ts";
 import { defaultStateDir, readState, type LockdState } from "../lockd/state-file.ts";
 import { connectPlane, probeCluster, type EtcdSettings } from "../store/cluster.ts";
 import { inspectQemuHook } from "../virt/qemu-hook-install.ts";
 import { WorkerHypervisor } from "../virt/worker-hypervisor.ts";
-import type { ClockFacts, ConfigFacts, HookFacts, LeaseFacts, LibvirtFacts, LockdFacts, LockdStatusFacts, PlaneFacts, WatchdogFacts, WatchdogProcess } from "./verdicts.ts";
+import { check, type Check, type DoctorReport } from "./check.ts";
+import { leaseStepTimeoutMs } from "./lease-facts.ts";
+import type { ClockFacts, ConfigFacts, HookFacts, HostIdentity, LibvirtFacts, LockdFacts, LockdStatusFacts, PlaneFacts, WatchdogFacts, WatchdogProcess } from "./verdicts.ts";
 
 /** Deadline of each look (they run at once, so doctor takes about this long at worst). */
 export const lookTimeoutMs = 3_000;
@@ -65,68 +63,78 @@ export async function probePlanes(config: FithaConfig): Promise<PlaneFacts[]> {
 export interface LeaseTarget {
   readonly path: string | undefined;
   readonly hostId: number | undefined;
-  readonly hostIdSource: string;
 }
 
 export function leaseTarget(flags: { leaseFile: string | undefined; hostId: number | undefined }, state: LockdState | undefined): LeaseTarget {
   const path = flags.leaseFile ?? state?.leaseFile;
   // lockd's host id is an id in its own lease file only.
   const stateHostId = state !== undefined && path === state.leaseFile ? state.incarnation.hostId : undefined;
-  return { path, hostId: flags.hostId ?? stateHostId, hostIdSource: flags.hostId !== undefined ? "--host-id" : "lockd's state" };
+  return { path, hostId: flags.hostId ?? stateHostId };
+}
+
+/** How long doctor waits for `fitha lease check`: its three steps, and the start of the program. */
+const leaseCheckTimeoutMs = 3 * leaseStepTimeoutMs + 1_000;
+
+/**
+ * doctor's lease-file and lockspace checks, made by `fitha lease check` in a process of its own.
+ * The device's Worker bounds how long doctor waits for hung storage, but not its exit: the kernel
+ * lets a process end only once all its threads have, and a thread in uninterruptible I/O ends
+ * when that I/O does — perhaps never (multipath queueing with no path). So the I/O happens in a
+ * child that doctor abandons (SIGKILL, not waited for) when it does not answer in time; it ends
+ * when the storage lets it.
+ */
+export async function leaseChecksInChild(path: string, host: HostIdentity): Promise<Check[]> {
+  const command = [...thisProgram(), "lease", "check", "--path", path, "--host", host.hostName, ...(host.hostId === undefined ? [] : ["--host-id", String(host.hostId)]), "--json"];
+  const child = Bun.spawn(command, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const stderr = new Response(child.stderr).text();
+  const failed = (detail: string, fix: string): Check[] => [check("lease-file", "fail", detail, fix, { path }), check("lockspace", "skipped", "the lease file cannot be read")];
+  let report: DoctorReport | undefined;
+  try {
+    report = await withDeadline(readReport(child.stdout), leaseCheckTimeoutMs, `fitha lease check --path ${path}`);
+  } catch (error) {
+    return failed(`${errorMessage(error)}; its I/O hangs (pid ${child.pid} is left to end when that I/O does)`, "the shared storage does not answer: check its path from this host (`multipath -ll`, `dmesg`)");
+  } finally {
+    // It answered (and exits, maybe held by a hung read), or it is abandoned: nothing more is wanted from it.
+    child.kill("SIGKILL");
+    child.unref();
+  }
+  const checks = ["lease-file", "lockspace"].map((name) => report?.checks.find((c) => c.name === name));
+  if (checks.every((c) => c !== undefined)) return checks;
+  // It ended without a report (a bug, or it could not start): its stderr says why.
+  const why = await withDeadline(stderr, 1_000, "its stderr").catch(() => "");
+  return failed(`fitha lease check gave no report: ${why.trim() || "no output"}`, `run it by hand to see why: \`fitha lease check --path ${path}\``);
 }
 
 /**
- * Opens the lease file as lockd does (O_DIRECT, in the I/O worker), reads its first sectors, then
- * the whole lockspace as `fitha lease dump` does. A device whose I/O failed is closed without
- * waiting: its worker may be stuck in a syscall for as long as the storage hangs.
+ * The report `fitha lease check --json` prints, taken as soon as it is complete: the process may
+ * not end for a long time after printing it (one of its reads still hangs). Undefined if the output
+ * ends without one.
  */
-export async function inspectLease(path: string): Promise<LeaseFacts> {
-  const openedAt = performance.now();
-  let device: DirectDevice;
-  try {
-    device = await DirectDevice.open(path, { timeoutMs: lookTimeoutMs });
-  } catch (error) {
-    if (!(error instanceof IoError)) throw error;
-    return { state: "unopened", path, error: error.message, code: error.code };
-  }
-  const openMs = performance.now() - openedAt;
-  const facts = { state: "opened" as const, path, openMs, device: { blockDevice: device.blockDevice, sectorSize: device.sectorSize, alignmentBytes: device.alignmentBytes, sizeBytes: device.sizeBytes } };
-  let healthy = false;
-  try {
-    const bytes = Math.min(4096, device.sizeBytes);
-    if (bytes === 0) {
-      healthy = true;
-      return { ...facts, firstRead: { ok: true, bytes, ms: 0 }, lockspace: { state: "not-formatted" } };
-    }
-    const readAt = performance.now();
-    try {
-      await device.io([{ kind: "read", offset: 0, length: bytes }], lookTimeoutMs);
-    } catch (error) {
-      if (!(error instanceof IoError)) throw error;
-      return { ...facts, firstRead: { ok: false, error: error.message }, lockspace: undefined };
-    }
-    const firstRead = { ok: true as const, bytes, ms: performance.now() - readAt };
-    try {
-      const dump = await withDeadline(dumpLockspace(device, lookTimeoutMs), lookTimeoutMs, `reading the lockspace on ${path}`);
-      healthy = true;
-      return { ...facts, firstRead, lockspace: { state: "read", dump } };
-    } catch (error) {
-      if (error instanceof NotFormattedError) {
-        healthy = true;
-        return { ...facts, firstRead, lockspace: { state: "not-formatted" } };
+async function readReport(stream: ReadableStream<Uint8Array>): Promise<DoctorReport | undefined> {
+  const decoder = new TextDecoder();
+  let text = "";
+  for await (const chunk of stream) {
+    text += decoder.decode(chunk, { stream: true });
+    if (text.length > maxReportChars) return undefined;
+    // printJson ends the document with "}\n"; a "}\n" inside it only ends a line that does not parse.
+    if (text.endsWith("}\n")) {
+      try {
+        return JSON.parse(text) as DoctorReport;
+      } catch {
+        // not complete yet
       }
-      if (error instanceof SectorSizeMismatchError) {
-        healthy = true;
-        return { ...facts, firstRead, lockspace: { state: "sector-size", lockspaceSectorSize: error.lockspaceSectorSize, deviceSectorSize: error.deviceSectorSize } };
-      }
-      if (error instanceof CorruptionError || error instanceof RangeError) return { ...facts, firstRead, lockspace: { state: "corrupt", error: error.message } };
-      if (error instanceof IoError || error instanceof FithaError) return { ...facts, firstRead, lockspace: { state: "unreadable", error: error.message } };
-      throw error;
     }
-  } finally {
-    const closing = device.close();
-    if (healthy) await closing;
   }
+  return undefined;
+}
+
+/** Two checks with a corrupt record's message each: a few KiB; anything far larger is not the report. */
+const maxReportChars = 1_000_000;
+
+/** The command line that runs this fitha: the binary itself, or bun with the entry file when run from source. */
+function thisProgram(): string[] {
+  // A compiled binary's entry lives in its embedded file system.
+  return Bun.main.startsWith("/$bunfs/") ? [process.execPath] : [process.execPath, Bun.main];
 }
 
 /** Connects to libvirt in a Worker (as lockd does) and asks for the node info, both bounded. */

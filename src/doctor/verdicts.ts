@@ -136,8 +136,6 @@ function openFix(path: string, code: string | undefined): string {
 export interface HostIdentity {
   /** This host's lockspace host id, when known. */
   readonly hostId: number | undefined;
-  /** Where hostId came from ("--host-id", "lockd's state"). */
-  readonly hostIdSource: string;
   /** This host's name in the lockspace (lockd's --host, the system host name by default). */
   readonly hostName: string;
 }
@@ -187,7 +185,7 @@ function readLockspaceVerdict(path: string, dump: Dump, device: DeviceFacts, hos
     return check("lockspace", "fail", `${summary}; ${count(dump.corrupt.length, "corrupt record")}, the first: ${dump.corrupt[0]}`, `investigate before any host uses it (\`fitha lease dump --path ${path}\` lists them)`, values);
   }
   if (host.hostId === undefined) return check("lockspace", "ok", `${summary}; this host's id unknown (give --host-id to check it)`, null, values);
-  const id = `host id ${host.hostId} (${host.hostIdSource})`;
+  const id = `host id ${host.hostId}`;
   if (host.hostId > ls.hosts) {
     return check(
       "lockspace",

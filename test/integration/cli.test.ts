@@ -20,7 +20,7 @@ describe("fitha (built binary)", () => {
   });
 
   test("every command has --help", async () => {
-    for (const words of [["version"], ["config"], ["config", "check"], ["config", "get"], ["config", "set"], ["status"], ["events"], ["maintenance"], ["maintenance", "on"], ["maintenance", "off"], ["maintenance", "status"], ["strategy"], ["strategy", "show"], ["strategy", "check"], ["strategy", "set"], ["strategy", "default"], ["vm"], ["vm", "add"], ["vm", "ha"], ["vm", "list"], ["vm", "show"], ["vm", "remove"], ["tasks"], ["lease"], ["lease", "format"], ["lease", "dump"], ["lease", "acquire"], ["lease", "release"], ["lease", "inquire"], ["lease", "status"], ["lease", "answer"], ["lockd"], ["agent"], ["controller"], ["watchdog"], ["hook"], ["hook", "qemu"], ["hook", "install"], ["doctor"]]) {
+    for (const words of [["version"], ["config"], ["config", "check"], ["config", "get"], ["config", "set"], ["status"], ["events"], ["maintenance"], ["maintenance", "on"], ["maintenance", "off"], ["maintenance", "status"], ["strategy"], ["strategy", "show"], ["strategy", "check"], ["strategy", "set"], ["strategy", "default"], ["vm"], ["vm", "add"], ["vm", "ha"], ["vm", "list"], ["vm", "show"], ["vm", "remove"], ["tasks"], ["lease"], ["lease", "format"], ["lease", "dump"], ["lease", "check"], ["lease", "acquire"], ["lease", "release"], ["lease", "inquire"], ["lease", "status"], ["lease", "answer"], ["lockd"], ["agent"], ["controller"], ["watchdog"], ["hook"], ["hook", "qemu"], ["hook", "install"], ["doctor"]]) {
       const { exitCode, stdout } = await runFitha([...words, "--help"]);
       expect({ words, exitCode }).toEqual({ words, exitCode: 0 });
       expect(stdout).toContain(`Usage: fitha ${words.join(" ")}`);

@@ -26,18 +26,18 @@ const lease = (d: Dump): LeaseFacts => ({
 
 describe("doctor verdicts", () => {
   test("lockspace: corrupt records fail; a host id held by another host warns; released or own is ok", () => {
-    const corrupt = lockspaceVerdict(lease({ ...dump, corrupt: ["/dev/sdx delta lease of host id 3: corrupt lease record: bad checksum"] }), { hostId: 2, hostIdSource: "--host-id", hostName: "compute-2" });
+    const corrupt = lockspaceVerdict(lease({ ...dump, corrupt: ["/dev/sdx delta lease of host id 3: corrupt lease record: bad checksum"] }), { hostId: 2, hostName: "compute-2" });
     expect(corrupt.status).toBe("fail");
     expect(corrupt.detail).toEndWith("; 1 corrupt record, the first: /dev/sdx delta lease of host id 3: corrupt lease record: bad checksum");
     expect(corrupt.fix).toBe("investigate before any host uses it (`fitha lease dump --path /dev/sdx` lists them)");
 
-    const taken = lockspaceVerdict(lease(dump), { hostId: 2, hostIdSource: "--host-id", hostName: "compute-9" });
+    const taken = lockspaceVerdict(lease(dump), { hostId: 2, hostName: "compute-9" });
     expect(taken.status).toBe("warn");
-    expect(taken.detail).toEndWith('; host id 2 (--host-id) is held by "compute-2" (generation 4), not by this host ("compute-9")');
-    expect(lockspaceVerdict(lease(dump), { hostId: 2, hostIdSource: "--host-id", hostName: "compute-2" }).status).toBe("ok");
+    expect(taken.detail).toEndWith('; host id 2 is held by "compute-2" (generation 4), not by this host ("compute-9")');
+    expect(lockspaceVerdict(lease(dump), { hostId: 2, hostName: "compute-2" }).status).toBe("ok");
     const released = { ...dump, hosts: [{ ...dump.hosts[0]!, state: "released" as const }] };
-    expect(lockspaceVerdict(lease(released), { hostId: 2, hostIdSource: "--host-id", hostName: "compute-9" }).status).toBe("ok");
-    expect(lockspaceVerdict(lease(dump), { hostId: undefined, hostIdSource: "lockd's state", hostName: "compute-9" }).detail).toEndWith("; this host's id unknown (give --host-id to check it)");
+    expect(lockspaceVerdict(lease(released), { hostId: 2, hostName: "compute-9" }).status).toBe("ok");
+    expect(lockspaceVerdict(lease(dump), { hostId: undefined, hostName: "compute-9" }).detail).toEndWith("; this host's id unknown (give --host-id to check it)");
   });
 
   test("clock: CLOCK_BOOTTIME standing still or disagreeing with /proc/uptime fails", () => {

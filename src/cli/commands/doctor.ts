@@ -2,14 +2,16 @@
  * `fitha doctor`: checks this host before it joins: the config, each plane's etcd, the lease file
  * and its lockspace, libvirt, the qemu hook, lockd, the watchdog and the clocks. Every check is
  * bounded by a deadline and all run at once, so doctor answers within a few seconds even when
- * etcd or the storage hangs. src/doctor/ gathers the facts (facts.ts) and judges them (verdicts.ts).
+ * etcd or the storage hangs (the lease file is checked by `fitha lease check` in a process of its
+ * own, which doctor abandons if it hangs). src/doctor/ gathers the facts (facts.ts) and judges
+ * them (verdicts.ts).
  */
 import { defineCommand } from "citty";
 import { hostname } from "node:os";
 import { planes } from "../../config/fitha-config.ts";
 import { resolveConfigPath } from "../../config/load.ts";
 import { doctorReport, renderReport } from "../../doctor/check.ts";
-import { inspectHook, inspectLease, leaseTarget, probeLibvirt, probeLockd, probePlanes, readClock, readConfigFacts, readLockdState, readTimeSync, watchdogFacts } from "../../doctor/facts.ts";
+import { inspectHook, leaseChecksInChild, leaseTarget, probeLibvirt, probeLockd, probePlanes, readClock, readConfigFacts, readLockdState, readTimeSync, watchdogFacts } from "../../doctor/facts.ts";
 import {
   clockVerdict,
   configVerdict,
@@ -50,22 +52,21 @@ export const doctorCommand = defineCommand({
     const state = lockdState === undefined || "error" in lockdState ? undefined : lockdState;
     const target = leaseTarget({ leaseFile: args["lease-file"], hostId: hostIdFlag }, state);
     const hypervisor = config?.host.hypervisor;
+    const host = { hostId: target.hostId, hostName: state?.incarnation.hostName ?? (config?.host.name || hostname()) };
     const noLeaseFile: LeaseFacts = { state: "unknown", reason: `no lease file: give --lease-file (lockd's), or run lockd first (its state in ${stateDir} names it)` };
-    const [planeFacts, leaseFacts, libvirtFacts, hookFacts, lockdFacts, watchdog, clock] = await Promise.all([
+    const [planeFacts, leaseChecks, libvirtFacts, hookFacts, lockdFacts, watchdog, clock] = await Promise.all([
       config === undefined ? undefined : probePlanes(config),
-      target.path === undefined ? noLeaseFile : inspectLease(target.path),
+      target.path === undefined ? [leaseFileVerdict(noLeaseFile), lockspaceVerdict(noLeaseFile, host)] : leaseChecksInChild(target.path, host),
       hypervisor === undefined ? undefined : probeLibvirt(hypervisor),
       inspectHook(args["hook-dir"] ?? defaultHooksDir, process.execPath),
       probeLockd(args.socket ?? config?.host.lockd_socket ?? defaultSocketPath),
       watchdogFacts(stateDir, lockdState, hypervisor ?? "qemu:///system"),
       readClock(),
     ]);
-    const host = { hostId: target.hostId, hostIdSource: target.hostIdSource, hostName: state?.incarnation.hostName ?? (config?.host.name || hostname()) };
     const report = doctorReport([
       configVerdict(configFacts),
       ...etcdVerdicts(configFile, planeFacts, planes),
-      leaseFileVerdict(leaseFacts),
-      lockspaceVerdict(leaseFacts, host),
+      ...leaseChecks,
       libvirtVerdict(libvirtFacts, configFile),
       hookVerdict(hookFacts),
       lockdVerdict(lockdFacts),
