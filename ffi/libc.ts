@@ -14,7 +14,8 @@ import { systemLibraryPath } from "./system-library.ts";
 /*
  * Constants of Linux x86_64, from the kernel's uapi headers as Debian ships them:
  * asm-generic/fcntl.h (O_*; x86_64 uses the generic values), linux/stat.h (S_IF*, STATX_*),
- * linux/fcntl.h (AT_EMPTY_PATH), linux/time.h (CLOCK_BOOTTIME), linux/fs.h (BLK* ioctls:
+ * linux/fcntl.h (AT_EMPTY_PATH), linux/time.h (CLOCK_BOOTTIME), linux/timex.h (struct timex,
+ * TIME_ERROR), linux/fs.h (BLK* ioctls:
  * BLKSSZGET = _IO(0x12, 104), BLKGETSIZE64 = _IOR(0x12, 114, size_t)).
  */
 export const O_RDWR = 0o2;
@@ -56,6 +57,7 @@ const symbols = {
   strerror: { args: ["i32"], returns: "cstring" },
   clock_gettime: { args: ["i32", "ptr"], returns: "i32" },
   getsockopt: { args: ["i32", "i32", "i32", "ptr", "ptr"], returns: "i32" },
+  adjtimex: { args: ["ptr"], returns: "i32" },
 } as const;
 
 let library: Library<typeof symbols> | undefined;
@@ -234,6 +236,27 @@ const timespec = new BigInt64Array(2);
 export function clockBoottimeMs(): number {
   if (libc().clock_gettime(CLOCK_BOOTTIME, timespec) !== 0) throw new ErrnoError("clock_gettime", errno(), "CLOCK_BOOTTIME");
   return Number(timespec[0]!) * 1000 + Number(timespec[1]!) / 1e6;
+}
+
+/** adjtimex's result when the kernel considers the wall clock unsynchronized (STA_UNSYNC). */
+const TIME_ERROR = 5;
+/** sizeof(struct timex) on x86_64 is 208; modes (0: change nothing) is its first field. */
+const timexBytes = 208;
+
+export interface WallClockSync {
+  /** Whether an NTP daemon has told the kernel the wall clock is synchronized. */
+  readonly synchronized: boolean;
+  /** The kernel's maximum error estimate of the wall clock (timex.maxerror, µs → ms). */
+  readonly maxErrorMs: number;
+}
+
+/** The kernel's NTP state (adjtimex(2) with modes 0: reads, changes nothing, needs no privilege). */
+export function wallClockSync(): WallClockSync {
+  const timex = new BigInt64Array(timexBytes / 8);
+  const state = libc().adjtimex(timex);
+  if (state < 0) throw new ErrnoError("adjtimex", errno());
+  // struct timex: unsigned modes + padding @0, long offset @8, long freq @16, long maxerror @24.
+  return { synchronized: state !== TIME_ERROR, maxErrorMs: Number(timex[3]!) / 1000 };
 }
 
 export interface PeerCredentials {

@@ -25,6 +25,7 @@ export const fithaCommand = defineCommand({
     lease: () => import("./commands/lease.ts").then((m) => m.leaseCommand),
     watchdog: () => import("./commands/watchdog.ts").then((m) => m.watchdogCommand),
     hook: () => import("./commands/hook.ts").then((m) => m.hookCommand),
+    doctor: () => import("./commands/doctor.ts").then((m) => m.doctorCommand),
     config: () => import("./commands/config.ts").then((m) => m.configCommand),
     etcd: () => import("./commands/etcd.ts").then((m) => m.etcdCommand),
     version: () => import("./commands/version.ts").then((m) => m.versionCommand),

@@ -17,7 +17,7 @@ export type WorkerRequest =
   | { readonly type: "close" };
 
 export type WorkerReply =
-  | { readonly type: "opened"; readonly sectorSize: SectorSize; readonly sizeBytes: number }
+  | { readonly type: "opened"; readonly sectorSize: SectorSize; readonly sizeBytes: number; readonly alignmentBytes: number; readonly blockDevice: boolean }
   | { readonly type: "open-failed"; readonly message: string; readonly code: string | undefined }
   | { readonly type: "done"; readonly id: number; readonly reads: ArrayBuffer[] }
   | { readonly type: "failed"; readonly id: number; readonly message: string; readonly code: string | undefined }
@@ -86,8 +86,8 @@ function open(path: string, requested: SectorSize | undefined): WorkerReply {
   }
 }
 
-/** Sector size and usable size (whole sectors) of the open file or block device. */
-function measure(openFd: number, path: string, requested: SectorSize | undefined): { sectorSize: SectorSize; sizeBytes: number } {
+/** Sector size, usable size (whole sectors) and needed I/O alignment of the open file or block device. */
+function measure(openFd: number, path: string, requested: SectorSize | undefined): { sectorSize: SectorSize; sizeBytes: number; alignmentBytes: number; blockDevice: boolean } {
   const status = libc.fstatx(openFd);
   const type = status.mode & libc.S_IFMT;
   let rawSizeBytes: number;
@@ -102,7 +102,7 @@ function measure(openFd: number, path: string, requested: SectorSize | undefined
     throw new DeviceError(`${path}: not a regular file or block device`, "EINVAL");
   }
   const sectorSize = chooseSectorSize(path, neededBytes, requested);
-  return { sectorSize, sizeBytes: Math.floor(rawSizeBytes / sectorSize) * sectorSize };
+  return { sectorSize, sizeBytes: Math.floor(rawSizeBytes / sectorSize) * sectorSize, alignmentBytes: neededBytes, blockDevice: type === libc.S_IFBLK };
 }
 
 /**

@@ -46,6 +46,12 @@ export class DirectDevice implements SectorDevice {
     readonly name: string,
     readonly sectorSize: SectorSize,
     readonly sizeBytes: number,
+    /**
+     * The alignment O_DIRECT I/O needs here: a block device's logical sector size (BLKSSZGET), a
+     * file's file system O_DIRECT alignment (statx STATX_DIOALIGN; 512 when not reported).
+     */
+    readonly alignmentBytes: number,
+    readonly blockDevice: boolean,
     worker: Worker,
   ) {
     this.#worker = worker;
@@ -66,7 +72,7 @@ export class DirectDevice implements SectorDevice {
       const opened = await firstReply(worker, { type: "open", path, sectorSize: options.sectorSize }, openTimeoutMs, path);
       if (opened.type === "open-failed") throw new IoError(opened.message, opened.code);
       if (opened.type !== "opened") throw new IoError(`${path}: unexpected reply ${opened.type} from the I/O worker`);
-      return new DirectDevice(path, opened.sectorSize, opened.sizeBytes, worker);
+      return new DirectDevice(path, opened.sectorSize, opened.sizeBytes, opened.alignmentBytes, opened.blockDevice, worker);
     } catch (error) {
       worker.terminate();
       throw error;

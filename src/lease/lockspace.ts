@@ -20,6 +20,18 @@ export class NotFormattedError extends Error {
   }
 }
 
+/** The lockspace's sectors are smaller than the I/O the device needs: it cannot be used there. */
+export class SectorSizeMismatchError extends IoError {
+  constructor(
+    deviceName: string,
+    readonly lockspaceSectorSize: number,
+    readonly deviceSectorSize: number,
+  ) {
+    super(`${deviceName}: lockspace uses ${lockspaceSectorSize}-byte sectors but the device needs ${deviceSectorSize}-byte I/O`);
+    this.name = "SectorSizeMismatchError";
+  }
+}
+
 /** Decodes and checks the header sector against the device it was read from. */
 export function parseHeader(device: SectorDevice, sector: Uint8Array): Lockspace {
   const header = decodeRecord(sector, "header", `${device.name} header`);
@@ -32,7 +44,7 @@ export function parseHeader(device: SectorDevice, sector: Uint8Array): Lockspace
     throw new CorruptionError(where, error instanceof Error ? error.message : String(error));
   }
   if (header.sectorSize < device.sectorSize) {
-    throw new IoError(`${device.name}: lockspace uses ${header.sectorSize}-byte sectors but the device needs ${device.sectorSize}-byte I/O`);
+    throw new SectorSizeMismatchError(device.name, header.sectorSize, device.sectorSize);
   }
   if (l.totalBytes > device.sizeBytes) {
     throw new CorruptionError(where, `lockspace needs ${l.totalBytes} bytes, device has ${device.sizeBytes}`);

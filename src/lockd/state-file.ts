@@ -11,6 +11,9 @@ import { mkdir, open, readFile, rename } from "node:fs/promises";
 import { join } from "node:path";
 import type { Incarnation } from "../lease/delta-lease.ts";
 
+/** lockd's and the watchdog's --state-dir when none is given. */
+export const defaultStateDir = "/var/lib/fitha/lockd";
+
 /** 2 added validUntilMs (read by the watchdog). */
 export const stateFormatVersion = 2;
 

@@ -65,6 +65,44 @@ export async function installQemuHook(options: HookInstallOptions): Promise<Hook
   return { path, script, outcome };
 }
 
+/** What is at qemu.d/fitha, for `fitha doctor`. */
+export type InstalledHook =
+  | { readonly state: "missing" | "not-a-file"; readonly path: string }
+  /** A file, but not what `fitha hook install` writes (edited, or another program's). */
+  | { readonly state: "foreign"; readonly path: string }
+  | {
+      readonly state: "installed";
+      readonly path: string;
+      /** The fitha executable it runs. */
+      readonly binary: string;
+      /** Whether the script has an execute bit (libvirt skips one that has none). */
+      readonly executable: boolean;
+      /** Why the binary could not run the hook (missing, not executable), or undefined. */
+      readonly binaryProblem: string | undefined;
+    };
+
+/** Looks at qemu.d/fitha in `hooksDir`: is it exactly what `fitha hook install` writes, and for which binary. */
+export async function inspectQemuHook(hooksDir: string): Promise<InstalledHook> {
+  const path = join(hooksDir, "qemu.d", "fitha");
+  const existing = await lstat(path).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === "ENOENT") return undefined;
+    throw new FithaError(`${path}: cannot inspect it (${error.code ?? error.message})`);
+  });
+  if (existing === undefined) return { state: "missing", path };
+  if (!existing.isFile()) return { state: "not-a-file", path };
+  const script = await readFile(path, "utf8").catch((error: NodeJS.ErrnoException) => {
+    throw new FithaError(`${path}: cannot read it (${error.code ?? error.message})`);
+  });
+  const quoted = /^exec ('(?:[^']|'\\'')*') hook qemu -- "\$@"$/m.exec(script)?.[1];
+  const binary = quoted === undefined ? undefined : quoted.slice(1, -1).replaceAll(`'\\''`, "'");
+  if (binary === undefined || script !== qemuHookScript(binary)) return { state: "foreign", path };
+  const binaryProblem = await checkBinary(binary).then(
+    () => undefined,
+    (error: unknown) => (error instanceof FithaError ? error.message : String(error)),
+  );
+  return { state: "installed", path, binary, executable: (existing.mode & 0o111) !== 0, binaryProblem };
+}
+
 /** A hook that cannot exec its binary fails every domain start: refuse to install one. */
 async function checkBinary(binary: string): Promise<void> {
   if (!isAbsolute(binary)) throw new FithaError(`--binary ${binary}: must be an absolute path (libvirt runs hooks with a minimal PATH)`, ExitCode.usage);

@@ -15,12 +15,12 @@ describe("fitha (built binary)", () => {
     expect(exitCode).toBe(0);
     expect(stderr).toBe("");
     expect(stdout).toContain("Usage: fitha <command>");
-    for (const command of ["status", "events", "alarms", "maintenance", "strategy", "vm", "tasks", "lockd", "agent", "controller", "lease", "watchdog", "config", "etcd", "version"]) expect(stdout).toMatch(new RegExp(`^  ${command} `, "m"));
+    for (const command of ["status", "events", "alarms", "maintenance", "strategy", "vm", "tasks", "lockd", "agent", "controller", "lease", "watchdog", "doctor", "config", "etcd", "version"]) expect(stdout).toMatch(new RegExp(`^  ${command} `, "m"));
     expect(stdout).not.toContain("\u001b["); // not a terminal: no colour codes
   });
 
   test("every command has --help", async () => {
-    for (const words of [["version"], ["config"], ["config", "check"], ["config", "get"], ["config", "set"], ["status"], ["events"], ["alarms"], ["alarms", "list"], ["alarms", "test"], ["maintenance"], ["maintenance", "on"], ["maintenance", "off"], ["maintenance", "status"], ["strategy"], ["strategy", "show"], ["strategy", "check"], ["strategy", "set"], ["strategy", "default"], ["vm"], ["vm", "add"], ["vm", "ha"], ["vm", "list"], ["vm", "show"], ["vm", "remove"], ["tasks"], ["lease"], ["lease", "format"], ["lease", "dump"], ["lease", "acquire"], ["lease", "release"], ["lease", "inquire"], ["lease", "status"], ["lease", "answer"], ["lockd"], ["agent"], ["controller"], ["watchdog"], ["hook"], ["hook", "qemu"], ["hook", "install"], ["etcd"], ["etcd", "roles"]]) {
+    for (const words of [["version"], ["config"], ["config", "check"], ["config", "get"], ["config", "set"], ["status"], ["events"], ["alarms"], ["alarms", "list"], ["alarms", "test"], ["maintenance"], ["maintenance", "on"], ["maintenance", "off"], ["maintenance", "status"], ["strategy"], ["strategy", "show"], ["strategy", "check"], ["strategy", "set"], ["strategy", "default"], ["vm"], ["vm", "add"], ["vm", "ha"], ["vm", "list"], ["vm", "show"], ["vm", "remove"], ["tasks"], ["lease"], ["lease", "format"], ["lease", "dump"], ["lease", "check"], ["lease", "acquire"], ["lease", "release"], ["lease", "inquire"], ["lease", "status"], ["lease", "answer"], ["lockd"], ["agent"], ["controller"], ["watchdog"], ["hook"], ["hook", "qemu"], ["hook", "install"], ["doctor"], ["etcd"], ["etcd", "roles"]]) {
       const { exitCode, stdout } = await runFitha([...words, "--help"]);
       expect({ words, exitCode }).toEqual({ words, exitCode: 0 });
       expect(stdout).toContain(`Usage: fitha ${words.join(" ")}`);
@@ -127,10 +127,11 @@ describe("fitha (built binary)", () => {
 
   test("usage errors name the problem and exit 2", async () => {
     const cases: Array<[string[], string]> = [
-      [["frobnicate"], 'fitha: unknown command "frobnicate" (commands: status, events, alarms, maintenance, strategy, vm, tasks, lockd, agent, controller, lease, watchdog, hook, config, etcd, version)\n'],
+      [["frobnicate"], 'fitha: unknown command "frobnicate" (commands: status, events, alarms, maintenance, strategy, vm, tasks, lockd, agent, controller, lease, watchdog, hook, doctor, config, etcd, version)\n'],
       [["version", "--josn"], "fitha: version: unknown option --josn (options: --json, --log-level, --log-format)\n"],
       [["version", "surplus"], 'fitha: version: unexpected argument "surplus" (takes no arguments)\n'],
       [["status", "--config"], "fitha: status: option --config needs a value\n"],
+      [["doctor", "--host-id", "0"], 'fitha: doctor: --host-id must be a positive whole number, not "0"\n'],
       [["version", "--log-level", "loud"], 'fitha: version: option --log-level must be one of error, warn, info, debug, trace, not "loud"\n'],
       [["config", "check", "a.toml", "b.toml"], 'fitha: config check: unexpected argument "b.toml" (takes FILE)\n'],
     ];

@@ -1,5 +1,9 @@
 import { defineCommand } from "citty";
 import { open, stat } from "node:fs/promises";
+import { hostname } from "node:os";
+import { doctorReport, renderReport } from "../../doctor/check.ts";
+import { inspectLease } from "../../doctor/lease-facts.ts";
+import { leaseFileVerdict, lockspaceVerdict } from "../../doctor/verdicts.ts";
 import { ExitCode, FithaError, UsageError } from "../../errors.ts";
 import { DirectDevice } from "../../lease/direct-device.ts";
 import { layout } from "../../lease/layout.ts";
@@ -89,6 +93,27 @@ const dumpCommand = defineCommand({
   },
 });
 
+const checkCommand = defineCommand({
+  meta: { description: "Check a lease file as lockd would use it: O_DIRECT, alignment, a first read, the lockspace (formatted, sector size, corrupt records, a host id); each problem with its fix (exit 1 if any)" },
+  args: {
+    ...pathArg,
+    "host-id": { type: "string", valueHint: "N", description: "A host id to check: within the lockspace, and whose delta lease it is" },
+    host: { type: "string", valueHint: "NAME", description: "The name the host id should belong to (default: the system host name)" },
+    ...jsonArg,
+    ...logArgs,
+  },
+  async run({ args }) {
+    const hostId = args["host-id"] === undefined ? undefined : integerArg("--host-id", args["host-id"], 0);
+    if (hostId === 0) throw new UsageError("lease check: --host-id must be 1 or more");
+    const facts = await inspectLease(args.path);
+    // The same verdicts and shape as `fitha doctor`, which runs this command for its lease checks.
+    const report = doctorReport([leaseFileVerdict(facts), lockspaceVerdict(facts, { hostId, hostName: args.host ?? hostname() })]);
+    if (args.json) printJson(report);
+    else printLines(...renderReport(report));
+    return report.ok ? ExitCode.ok : ExitCode.failed;
+  },
+});
+
 const socketArg = {
   socket: { type: "string", valueHint: "PATH", description: `lockd's socket (default ${defaultSocketPath})` },
 } as const;
@@ -155,8 +180,8 @@ const answerCommand = defineCommand({
 });
 
 export const leaseCommand = defineCommand({
-  meta: { description: "Leases: format and inspect lease files; acquire, release and inspect VM leases through lockd" },
-  subCommands: { format: formatCommand, dump: dumpCommand, acquire: acquireCommand, release: releaseCommand, inquire: inquireCommand, status: statusCommand, answer: answerCommand },
+  meta: { description: "Leases: format, inspect and check lease files; acquire, release and inspect VM leases through lockd" },
+  subCommands: { format: formatCommand, dump: dumpCommand, check: checkCommand, acquire: acquireCommand, release: releaseCommand, inquire: inquireCommand, status: statusCommand, answer: answerCommand },
 });
 
 interface LockdStatus {

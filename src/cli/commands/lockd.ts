@@ -11,7 +11,7 @@ import { ioTimeoutRangeMs } from "../../lease/timeline.ts";
 import { defaultSocketPath } from "../../lockd/client.ts";
 import { bootId, boottimeClock, installId, lockdAlive } from "../../lockd/host-identity.ts";
 import { LockDaemon } from "../../lockd/lock-daemon.ts";
-import { fileStateStore } from "../../lockd/state-file.ts";
+import { defaultStateDir, fileStateStore } from "../../lockd/state-file.ts";
 import { serveSocket } from "../../lockd/socket-server.ts";
 import { logger } from "../../log.ts";
 import { HypervisorError } from "../../virt/hypervisor.ts";
@@ -35,7 +35,7 @@ export const lockdCommand = defineCommand({
     },
     socket: { type: "string", valueHint: "PATH", description: `Unix socket to serve (default ${defaultSocketPath})` },
     "socket-group": { type: "string", valueHint: "GROUP", description: "A group (name or id) whose members may use the socket besides root" },
-    "state-dir": { type: "string", valueHint: "DIR", description: "Where lockd keeps its state across restarts (default /var/lib/fitha/lockd)" },
+    "state-dir": { type: "string", valueHint: "DIR", description: `Where lockd keeps its state across restarts (default ${defaultStateDir})` },
     hypervisor: { type: "string", valueHint: "URI", description: "libvirt URI of this host's VMs, which fencing stops (default qemu:///system)" },
     "qemu-run-dir": { type: "string", valueHint: "DIR", description: `libvirt's qemu status files, to kill a VM's process when libvirt cannot stop it (default ${defaultQemuRunDir})` },
     "io-timeout": { type: "string", valueHint: "SECONDS", description: "I/O timeout T; renewal every 2T, fail at 8T (default 10)" },
@@ -48,7 +48,7 @@ export const lockdCommand = defineCommand({
     if (!(ioTimeoutMs >= ioTimeoutRangeMs.min && ioTimeoutMs <= ioTimeoutRangeMs.max)) {
       throw new UsageError(`lockd: --io-timeout must be ${ioTimeoutRangeMs.min / 1000} to ${ioTimeoutRangeMs.max / 1000} seconds, not "${args["io-timeout"]}"`);
     }
-    const stateDir = args["state-dir"] ?? "/var/lib/fitha/lockd";
+    const stateDir = args["state-dir"] ?? defaultStateDir;
     const socketPath = args.socket ?? defaultSocketPath;
     const hypervisorUri = args.hypervisor ?? "qemu:///system";
     const socketGroupId = args["socket-group"] === undefined ? undefined : await groupId(args["socket-group"]);

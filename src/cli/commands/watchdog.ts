@@ -1,7 +1,7 @@
 import { defineCommand } from "citty";
 import { ExitCode, UsageError } from "../../errors.ts";
 import { bootId, boottimeClock } from "../../lockd/host-identity.ts";
-import { fileStateStore } from "../../lockd/state-file.ts";
+import { defaultStateDir, fileStateStore } from "../../lockd/state-file.ts";
 import { Watchdog, type WatchdogCheck } from "../../lockd/watchdog.ts";
 import { logger } from "../../log.ts";
 import { LazyHypervisor } from "../../virt/lazy-hypervisor.ts";
@@ -14,7 +14,7 @@ const log = logger("watchdog");
 export const watchdogCommand = defineCommand({
   meta: { description: "Run the VM watchdog beside lockd: stops the VMs under lockd's leases if lockd does not renew in time" },
   args: {
-    "state-dir": { type: "string", valueHint: "DIR", description: "lockd's state dir, which it feeds the watchdog through (default /var/lib/fitha/lockd)" },
+    "state-dir": { type: "string", valueHint: "DIR", description: `lockd's state dir, which it feeds the watchdog through (default ${defaultStateDir})` },
     hypervisor: { type: "string", valueHint: "URI", description: "libvirt URI of this host's VMs (default qemu:///system)" },
     "qemu-run-dir": { type: "string", valueHint: "DIR", description: `libvirt's qemu status files, to kill a VM's process when libvirt cannot stop it (default ${defaultQemuRunDir})` },
     "call-timeout-ms": { type: "string", valueHint: "MS", description: "Deadline of each libvirt call; past it the VM's process is killed directly (default 10000)" },
@@ -30,7 +30,7 @@ export const watchdogCommand = defineCommand({
     if (!(Number.isSafeInteger(callTimeoutMs) && callTimeoutMs >= 100 && callTimeoutMs <= 600_000)) {
       throw new UsageError(`watchdog: --call-timeout-ms must be a whole number from 100 to 600000, not "${args["call-timeout-ms"]}"`);
     }
-    const stateDir = args["state-dir"] ?? "/var/lib/fitha/lockd";
+    const stateDir = args["state-dir"] ?? defaultStateDir;
     const uri = args.hypervisor ?? "qemu:///system";
     // Connected on first use and again after a failure: the watchdog must run (and kill VM
     // processes itself) while libvirtd is down. In a Worker with a deadline per call: a hung
