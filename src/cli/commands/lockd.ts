@@ -45,6 +45,8 @@ export const lockdCommand = defineCommand({
     ...logArgs,
   },
   async run({ args }) {
+    // An empty value is what the systemd unit passes when lockd.env does not set LEASE_FILE.
+    if (args["lease-file"] === "") throw new UsageError("lockd: --lease-file must name the lease file or device (for fitha-lockd.service: LEASE_FILE in /etc/fitha/lockd.env)");
     const hostId = Number(args["host-id"]);
     if (!Number.isSafeInteger(hostId) || hostId < 1) throw new UsageError(`lockd: --host-id must be a positive whole number, not "${args["host-id"]}"`);
     const ioTimeoutMs = Math.round(Number(args["io-timeout"] ?? "10") * 1000);
