@@ -1,6 +1,7 @@
 /**
  * The few libc calls fitha needs that Bun does not offer: O_DIRECT file I/O into aligned memory,
- * block device geometry, and CLOCK_BOOTTIME. Thin wrappers over bun:ffi that turn C conventions
+ * block device geometry, CLOCK_BOOTTIME, peer credentials, and unix datagram sockets (systemd's
+ * notify protocol). Thin wrappers over bun:ffi that turn C conventions
  * (-1 and errno, out-parameters, raw pointers) into numbers, objects and thrown ErrnoErrors.
  *
  * Linux x86_64 with glibc only (Debian's libc.so.6). The calls that block (pread, pwrite, and open
@@ -39,6 +40,16 @@ const CLOCK_BOOTTIME = 7;
 const SOL_SOCKET = 1;
 const SO_PEERCRED = 17;
 const ucredBytes = 12;
+/**
+ * linux/socket.h, linux/net.h, linux/un.h: AF_UNIX, SOCK_DGRAM, SOCK_CLOEXEC (= O_CLOEXEC),
+ * MSG_DONTWAIT, MSG_NOSIGNAL; struct sockaddr_un is { sa_family_t sun_family (u16); char sun_path[108]; }.
+ */
+const AF_UNIX = 1;
+const SOCK_DGRAM = 2;
+const SOCK_CLOEXEC = 0o2000000;
+const MSG_DONTWAIT = 0x40;
+const MSG_NOSIGNAL = 0x4000;
+const sunPathBytes = 108;
 const BLKSSZGET = 0x1268;
 const BLKGETSIZE64 = 0x80081272;
 
@@ -58,6 +69,8 @@ const symbols = {
   clock_gettime: { args: ["i32", "ptr"], returns: "i32" },
   getsockopt: { args: ["i32", "i32", "i32", "ptr", "ptr"], returns: "i32" },
   adjtimex: { args: ["ptr"], returns: "i32" },
+  socket: { args: ["i32", "i32", "i32"], returns: "i32" },
+  sendto: { args: ["i32", "ptr", "u64", "i32", "ptr", "u32"], returns: "i64" },
 } as const;
 
 let library: Library<typeof symbols> | undefined;
@@ -275,4 +288,43 @@ export function peerCredentials(fd: number): PeerCredentials {
   if (libc().getsockopt(fd, SOL_SOCKET, SO_PEERCRED, ucred, length) !== 0) throw new ErrnoError("getsockopt", errno(), "SO_PEERCRED");
   if (length[0] !== ucredBytes) throw new Error(`SO_PEERCRED returned ${length[0]} bytes, expected ${ucredBytes}`);
   return { pid: ucred[0]!, uid: ucred[1]! >>> 0, gid: ucred[2]! >>> 0 };
+}
+
+/** A new unix datagram socket (close-on-exec: not inherited by the processes fitha spawns). */
+export function unixDatagramSocket(): number {
+  const fd = libc().socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw new ErrnoError("socket", errno(), "AF_UNIX SOCK_DGRAM");
+  return fd;
+}
+
+/**
+ * struct sockaddr_un for `address`: a file system path, or an abstract address written with a
+ * leading "@" (Linux: sun_path starts with a NUL byte, and the length counts only the name's
+ * bytes, no terminator). Returns the struct and the length to pass with it.
+ */
+function unixAddress(address: string): { sockaddr: Uint8Array; length: number } {
+  const abstract = address.startsWith("@");
+  const name = Buffer.from(abstract ? address.slice(1) : address, "utf8");
+  if (name.length === 0) throw new RangeError("an empty unix socket address");
+  if (!abstract && name.includes(0)) throw new RangeError(`unix socket path contains a NUL byte: ${JSON.stringify(address)}`);
+  // A path needs room for its terminating NUL; an abstract name has the leading NUL instead.
+  if (name.length + 1 > sunPathBytes) throw new RangeError(`unix socket address longer than ${sunPathBytes - 1} bytes: ${address}`);
+  const sockaddr = new Uint8Array(2 + sunPathBytes);
+  new DataView(sockaddr.buffer).setUint16(0, AF_UNIX, true);
+  sockaddr.set(name, abstract ? 3 : 2);
+  return { sockaddr, length: 2 + 1 + name.length };
+}
+
+/**
+ * sendto(2) of one datagram to the unix socket at `address` (a path, or "@name" for an abstract
+ * address), without blocking: a receiver whose queue is full fails it with EAGAIN rather than
+ * stalling the caller's thread (a daemon's event loop). Returns the bytes sent.
+ */
+export function sendUnixDatagram(fd: number, address: string, message: Uint8Array): number {
+  const { sockaddr, length } = unixAddress(address);
+  // bun:ffi passes an empty typed array as a null pointer; a zero-length datagram is legal but useless here.
+  if (message.length === 0) throw new RangeError("an empty datagram");
+  const count = libc().sendto(fd, message, message.length, MSG_DONTWAIT | MSG_NOSIGNAL, sockaddr, length);
+  if (count < 0n) throw new ErrnoError("sendto", errno(), address);
+  return Number(count);
 }

@@ -6,10 +6,12 @@
 #                    libvirt-daemon-driver-qemu + qemu-system-x86 + binutils (its real-QEMU hosts:
 #                    libvirtd with the qemu driver, tiny guests whose kernel binutils assembles),
 #                    libvirt0 (libvirt.so.0, opened through bun:ffi) and libvirt-daemon (a private
-#                    libvirtd serving libvirt's test driver to several test processes).
+#                    libvirtd serving libvirt's test driver to several test processes),
+#                    systemd (systemd-analyze verify checks the units scripts/install installs;
+#                    no running systemd needed).
 #   npm packages:    node_modules from package-lock.json (bun, typescript, etcd3, citty, consola).
 
-fitha_apt_packages=(etcd-server util-linux mount e2fsprogs iproute2 libvirt0 libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 binutils)
+fitha_apt_packages=(etcd-server util-linux mount e2fsprogs iproute2 libvirt0 libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 binutils systemd)
 
 fitha_log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
 

@@ -146,6 +146,23 @@ export class Agent {
     return { management: this.#reachable.get("management") === true, storage: this.#reachable.get("storage") === true, service: this.#reachable.get("service") === true };
   }
 
+  /**
+   * Why a plane's heartbeat loop looks stuck, or undefined while every plane's completes rounds:
+   * what systemd's watchdog keep-alives stand for (src/cli/systemd-notify.ts). The heartbeats are
+   * what the controller judges this host by, so a wedged loop must be replaced before its TTL
+   * runs out. A round is at most 4 etcd requests (each bounded by `requestTimeoutMs`), then a
+   * sleep of at most the interval; one request timeout more is margin. An unreachable etcd is not
+   * stuck: rounds fail within their deadlines and are retried, and a restart would not help.
+   */
+  heartbeatStall(requestTimeoutMs: number, nowMs = this.env.clock.nowMs()): string | undefined {
+    const limitMs = this.#settings.heartbeatIntervalMs + 5 * requestTimeoutMs;
+    for (const heartbeat of this.#heartbeats) {
+      const silentMs = nowMs - heartbeat.lastRoundEndMs;
+      if (silentMs > limitMs) return `the ${heartbeat.options.plane} plane's heartbeat loop has not finished a round for ${Math.round(silentMs)} ms (limit ${limitMs} ms)`;
+    }
+    return undefined;
+  }
+
   async stop(): Promise<void> {
     // Orders first: one under way finishes (result written) before the rest stops.
     await this.#orders?.stop();

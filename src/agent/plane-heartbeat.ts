@@ -41,10 +41,17 @@ export class PlaneHeartbeat {
   #reachable: boolean | undefined;
   #stopping = false;
   #wake: (() => void) | undefined;
+  /** When the last round ended (renewed or failed), on options.clock: the loop's progress. */
+  #lastRoundEndMs: number;
   readonly done: Promise<void>;
 
   constructor(readonly options: PlaneHeartbeatOptions) {
+    this.#lastRoundEndMs = options.clock.nowMs();
     this.done = this.#run();
+  }
+
+  get lastRoundEndMs(): number {
+    return this.#lastRoundEndMs;
   }
 
   get reachable(): boolean {
@@ -67,6 +74,7 @@ export class PlaneHeartbeat {
     const { settings } = this.options;
     while (!this.#stopping) {
       const ok = await this.#beat();
+      this.#lastRoundEndMs = this.options.clock.nowMs();
       if (this.#stopping) return;
       // After a failure, retry sooner than a full interval, but not in a spin.
       const intervalMs = settings().heartbeatIntervalMs;

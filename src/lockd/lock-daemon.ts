@@ -116,6 +116,10 @@ export class LockDaemon {
    */
   readonly lost: Promise<string>;
   readonly #lostWith = Promise.withResolvers<string>();
+  /** When the renewal loop last moved (an attempt ended, a lease re-validated), on env.clock. */
+  #renewalProgressMs: number;
+  /** The renewal loop ended because the host lease is lost for good (not stuck: done). */
+  #renewalsEnded = false;
 
   private constructor(
     readonly options: LockdOptions,
@@ -129,6 +133,7 @@ export class LockDaemon {
     this.startedBy = startedBy;
     if (startedBy === "resumed" && held.length > 0) this.#revalidationDue = "resumed after a restart";
     this.lost = this.#lostWith.promise;
+    this.#renewalProgressMs = env.clock.nowMs();
     this.#renewals = this.#renewLoop();
     this.#supervision = this.#supervise();
   }
@@ -279,6 +284,29 @@ export class LockDaemon {
     };
   }
 
+  /** VM leases held now. */
+  get heldLeaseCount(): number {
+    return this.#leases.size;
+  }
+
+  /**
+   * Why the renewal loop looks stuck, or undefined while it moves: what systemd's watchdog
+   * keep-alives stand for (src/cli/systemd-notify.ts). The loop moves at least once per renewal
+   * interval (2T) plus one attempt (bounded by T); it counts as stuck past 4T. A restart then
+   * resumes this incarnation (same boot, within validUntil) before lockd would fence at
+   * last renewal + 7T, so a wedged loop is replaced without stopping any VM. Failing storage is
+   * not stuck: the loop goes on retrying (each attempt bounded), and a restart would not help —
+   * it would only lose an open fencing question. Once the host lease is lost for good the loop
+   * has ended by design and the process is on its way out (fencing, then exit 1).
+   */
+  renewalStall(nowMs = this.env.clock.nowMs()): string | undefined {
+    if (this.#renewalsEnded || this.#stopped) return undefined;
+    const t = this.lease.timeline;
+    const silentMs = nowMs - this.#renewalProgressMs;
+    if (silentMs <= t.renewalIntervalMs + 2 * t.ioTimeoutMs) return undefined;
+    return `the renewal loop has not moved for ${Math.round(silentMs)} ms (each attempt is bounded by ${t.ioTimeoutMs} ms, the interval is ${t.renewalIntervalMs} ms)`;
+  }
+
   /** Stops renewing and closes the devices. VM leases stay held: a restart within the window resumes them. */
   async stop(): Promise<void> {
     if (this.#stopped) return;
@@ -358,6 +386,7 @@ export class LockDaemon {
       await this.#sleep(dueMs - this.env.clock.nowMs());
       if (this.#stopped) return;
       const outcome = await this.lease.renew();
+      this.#renewalProgressMs = this.env.clock.nowMs();
       if (outcome.ok) {
         log.debug("renewed the host lease", { latency_ms: Math.round(outcome.latencyMs * 10) / 10 });
         if (this.#revalidationDue !== undefined) log.info("host lease renewed again", { after: this.#revalidationDue });
@@ -370,6 +399,7 @@ export class LockDaemon {
       const phase = this.lease.phase();
       if (phase === "failed") {
         log.error("host lease lost: VM leases are no longer valid", { reason: this.lease.lostReason ?? outcome.reason });
+        this.#renewalsEnded = true;
         this.#nudgeSupervisor?.();
         return;
       }
@@ -531,6 +561,9 @@ export class LockDaemon {
         unreadable++;
         log.warn("could not re-validate a lease; will retry", { vm: lease.resource, error });
         continue;
+      } finally {
+        // Each read is bounded by T: the renewal loop (which runs this) moves, however many leases.
+        this.#renewalProgressMs = this.env.clock.nowMs();
       }
       const ours = leader !== undefined && leader.state === "held" && leader.resource === lease.resource && leader.ownerHostId === this.lease.hostId && leader.ownerGeneration === this.lease.generation && leader.lver === lease.lver;
       if (!ours) {

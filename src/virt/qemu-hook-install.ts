@@ -13,9 +13,14 @@ export const defaultHooksDir = "/etc/libvirt/hooks";
 const scriptMode = 0o755;
 
 export interface HookInstallOptions {
-  /** libvirt's hooks directory. */
+  /**
+   * The root of the file system tree to install into: "/" for this host, or a staging tree
+   * (scripts/install --prefix) where `hooksDir` and `binary` are taken relative to it.
+   */
+  readonly root: string;
+  /** libvirt's hooks directory, as the host that runs libvirt sees it. */
   readonly hooksDir: string;
-  /** The fitha executable the hook runs (absolute: libvirt runs hooks with a minimal PATH). */
+  /** The fitha executable the hook runs, as the host sees it (absolute: libvirt runs hooks with a minimal PATH). */
   readonly binary: string;
   /** Replace an existing script with other content. */
   readonly force: boolean;
@@ -44,8 +49,9 @@ export function qemuHookScript(binary: string): string {
 }
 
 export async function installQemuHook(options: HookInstallOptions): Promise<HookInstallResult> {
-  await checkBinary(options.binary);
-  const hookDir = join(options.hooksDir, "qemu.d");
+  await checkBinary(options.binary, options.root);
+  const hooksDir = join(options.root, options.hooksDir);
+  const hookDir = join(hooksDir, "qemu.d");
   const path = join(hookDir, "fitha");
   const script = qemuHookScript(options.binary);
   const existing = await lstat(path).catch((error: NodeJS.ErrnoException) => {
@@ -61,7 +67,7 @@ export async function installQemuHook(options: HookInstallOptions): Promise<Hook
     }
     outcome = "updated";
   }
-  if (!options.dryRun) await writeAtomically(options.hooksDir, hookDir, path, script);
+  if (!options.dryRun) await writeAtomically(hooksDir, hookDir, path, script);
   return { path, script, outcome };
 }
 
@@ -96,7 +102,7 @@ export async function inspectQemuHook(hooksDir: string): Promise<InstalledHook> 
   const quoted = /^exec ('(?:[^']|'\\'')*') hook qemu -- "\$@"$/m.exec(script)?.[1];
   const binary = quoted === undefined ? undefined : quoted.slice(1, -1).replaceAll(`'\\''`, "'");
   if (binary === undefined || script !== qemuHookScript(binary)) return { state: "foreign", path };
-  const binaryProblem = await checkBinary(binary).then(
+  const binaryProblem = await checkBinary(binary, "/").then(
     () => undefined,
     (error: unknown) => (error instanceof FithaError ? error.message : String(error)),
   );
@@ -104,12 +110,13 @@ export async function inspectQemuHook(hooksDir: string): Promise<InstalledHook> 
 }
 
 /** A hook that cannot exec its binary fails every domain start: refuse to install one. */
-async function checkBinary(binary: string): Promise<void> {
+async function checkBinary(binary: string, root: string): Promise<void> {
   if (!isAbsolute(binary)) throw new FithaError(`--binary ${binary}: must be an absolute path (libvirt runs hooks with a minimal PATH)`, ExitCode.usage);
   if (/[\p{Cc}]/u.test(binary)) throw new FithaError(`--binary ${JSON.stringify(binary)}: control characters in the path`, ExitCode.usage);
-  const info = await stat(binary).catch(() => undefined);
-  const executable = info?.isFile() === true && (await access(binary, constants.X_OK).then(() => true, () => false));
-  if (!executable) throw new FithaError(`${binary}: not an executable file; the hook would fail every domain start`);
+  const path = join(root, binary);
+  const info = await stat(path).catch(() => undefined);
+  const executable = info?.isFile() === true && (await access(path, constants.X_OK).then(() => true, () => false));
+  if (!executable) throw new FithaError(`${path}: not an executable file; the hook would fail every domain start`);
 }
 
 /**

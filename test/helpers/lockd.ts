@@ -50,13 +50,14 @@ export async function formatLeaseFile(dir: TempDir, options: { slots?: number; p
 
 /**
  * Starts lockd and waits (bounded) until it answers on its socket. Its log goes to a pipe (read
- * it after the test) or, for long runs that would fill the pipe, to `options.logFile`.
+ * it after the test) or, for long runs that would fill the pipe, to `options.logFile`;
+ * `options.env` adds to its environment (e.g. systemd's NOTIFY_SOCKET).
  */
-export async function startLockd(h: LockdHost): Promise<Bun.Subprocess<"ignore", "ignore", "pipe">>;
-export async function startLockd(h: LockdHost, options: { logFile: string }): Promise<Bun.Subprocess>;
-export async function startLockd(h: LockdHost, options: { logFile?: string } = {}): Promise<Bun.Subprocess> {
+export async function startLockd(h: LockdHost, options?: { env?: Record<string, string> }): Promise<Bun.Subprocess<"ignore", "ignore", "pipe">>;
+export async function startLockd(h: LockdHost, options: { logFile: string; env?: Record<string, string> }): Promise<Bun.Subprocess>;
+export async function startLockd(h: LockdHost, options: { logFile?: string; env?: Record<string, string> } = {}): Promise<Bun.Subprocess> {
   const stderr = options.logFile === undefined ? "pipe" : Bun.file(options.logFile);
-  const child = Bun.spawn(daemonCommand(h.args), { stdin: "ignore", stdout: "ignore", stderr, env: { PATH: "/usr/bin:/bin" } });
+  const child = Bun.spawn(daemonCommand(h.args), { stdin: "ignore", stdout: "ignore", stderr, env: { PATH: "/usr/bin:/bin", ...options.env } });
   started.add(child);
   const deadline = Date.now() + startTimeoutMs;
   for (;;) {

@@ -1,7 +1,7 @@
 /** `fitha hook install` into a temp hooks directory, and the script it installs run as libvirt would. */
 import { describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
-import { readFile, stat, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fithaBinary, runFitha } from "../helpers/fitha.ts";
 import { tempDir } from "../helpers/tmp.ts";
@@ -78,5 +78,20 @@ describe("fitha hook install", () => {
       stderr: `fitha: ${missing}: not an executable file; the hook would fail every domain start\n`,
     });
     expect(existsSync(hooks)).toBe(false);
+  });
+
+  test("--root installs into a staging tree: the hook dir and the binary's check under it, the script naming the binary as the host sees it", async () => {
+    await using dir = await tempDir("hook-root");
+    const root = join(dir.path, "root");
+    const notThere = await runFitha(["hook", "install", "--root", root, "--binary", "/usr/local/bin/fitha"]);
+    expect(notThere).toEqual({ exitCode: 1, stdout: "", stderr: `fitha: ${root}/usr/local/bin/fitha: not an executable file; the hook would fail every domain start\n` });
+    await mkdir(join(root, "usr/local/bin"), { recursive: true });
+    await copyFile(fithaBinary, join(root, "usr/local/bin/fitha"));
+    await chmod(join(root, "usr/local/bin/fitha"), 0o755);
+    const result = await runFitha(["hook", "install", "--root", root, "--binary", "/usr/local/bin/fitha"]);
+    expect(result.exitCode).toBe(0);
+    const script = join(root, "etc/libvirt/hooks/qemu.d/fitha");
+    expect(result.stdout).toStartWith(`installed ${script} (mode 0755):\n`);
+    expect(await readFile(script, "utf8")).toEndWith(`\nexec '/usr/local/bin/fitha' hook qemu -- "$@"\n`);
   });
 });

@@ -1,11 +1,12 @@
 /**
+ * lockd refuses to start when its socket's directory or its state directory is not its own.
  * Who may use lockd's socket: root and lockd's own user, or a configured group — enforced by the
  * file system and, behind it, by the kernel's record of the peer (SO_PEERCRED). The client runs
  * as nobody (setpriv; these tests run as root, as CI does), from a copy of the binary in the
  * test's own directory so that no path outside it needs to be readable by nobody.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { chmod, copyFile, stat } from "node:fs/promises";
+import { chmod, chown, copyFile, mkdir, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fithaBinary, runFitha } from "../helpers/fitha.ts";
 import { formatLeaseFile, killStartedLockds, lockdHost, startLockd } from "../helpers/lockd.ts";
@@ -73,5 +74,40 @@ describe.skipIf(process.getuid?.() !== 0)("lockd socket access (needs root)", ()
     expect(result.stderr).toBe("");
     expect(result.exitCode).toBe(0);
     expect(JSON.parse(result.stdout)).toMatchObject({ host_id: 1, phase: "ok" });
+  });
+});
+
+describe.skipIf(process.getuid?.() !== 0)("lockd's directories must be its own (needs root)", () => {
+  test("refuses a state dir or socket dir writable by others or its group, or owned by another user, naming the path, mode and fix; a restart after the fix starts", async () => {
+    await using dir = await tempDir("lockd-private-dirs");
+    await formatLeaseFile(dir);
+    const h = lockdHost(dir, 1);
+    const socketDir = dirname(h.socket);
+    await mkdir(h.stateDir, { mode: 0o700 });
+    await mkdir(socketDir, { mode: 0o700 });
+
+    await chmod(h.stateDir, 0o777);
+    let result = await runFitha(h.args);
+    expect(result.exitCode).toBe(2);
+    expect(result.stderr).toContain(`lockd: state directory ${h.stateDir} has mode 0777: writable by its group and others; another user could replace what lockd keeps there. Fix: chown root ${h.stateDir} && chmod go-w ${h.stateDir}`);
+    await chmod(h.stateDir, 0o700);
+
+    await chmod(socketDir, 0o770);
+    result = await runFitha(h.args);
+    expect(result.exitCode).toBe(2);
+    expect(result.stderr).toContain(`lockd: socket directory ${socketDir} has mode 0770: writable by its group;`);
+    await chmod(socketDir, 0o700);
+
+    await chown(socketDir, nobody, nobody);
+    result = await runFitha(h.args);
+    expect(result.exitCode).toBe(2);
+    expect(result.stderr).toContain(`lockd: socket directory ${socketDir} is owned by uid ${nobody}, not root;`);
+    expect(result.stderr).toContain(`Fix: chown root ${socketDir} && chmod go-w ${socketDir}`);
+    // Refused before doing anything: no socket, no state.
+    expect(await Bun.file(h.socket).exists()).toBe(false);
+    expect(await Bun.file(join(h.stateDir, "state.json")).exists()).toBe(false);
+
+    await chown(socketDir, 0, 0);
+    await startLockd(h);
   });
 });

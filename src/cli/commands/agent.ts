@@ -14,6 +14,7 @@ import { LockdVmLeases, lockdRequestTimeoutMs } from "../../agent/vm-leases.ts";
 import { configArg, logArgs } from "../args.ts";
 import { loadCommandConfig } from "../command-config.ts";
 import { closePlanes, connectPlanes, stopSignal } from "../daemon.ts";
+import { keepServiceInformed, SystemdNotifier } from "../systemd-notify.ts";
 
 const log = logger("agent");
 
@@ -23,6 +24,7 @@ export const agentCommand = defineCommand({
   async run({ args }) {
     const { config } = await loadCommandConfig(args);
     const host = config.host.name === "" ? hostname() : config.host.name;
+    const notifier = SystemdNotifier.fromProcess();
     const kv = connectPlanes(config);
     let hypervisor: WorkerHypervisor | undefined;
     let agent: Agent;
@@ -47,9 +49,20 @@ export const agentCommand = defineCommand({
       throw error;
     }
     log.info("agent ready", { host, host_id: agent.hostId });
+    // Ready once registered with its heartbeat loops running (not once every plane answered: a
+    // plane down at boot is what the agent is there to report, not a reason to fail its start).
+    const status = () => {
+      const reached = Object.entries(agent.reachability()).flatMap(([plane, ok]) => (ok ? [plane] : []));
+      return `host ${host} (host id ${agent.hostId}); planes reached: ${reached.length === 0 ? "none" : reached.join(", ")}`;
+    };
+    notifier.ready(status());
+    const informing = keepServiceInformed(notifier, monotonicClock, { stalled: () => agent.heartbeatStall(config.etcd.request_timeout_ms), status });
     const signal = await stopSignal();
+    await informing.stop();
     // Heartbeats are left to expire: an agent restarted within their TTL keeps its planes up.
     log.info("stopping; heartbeats expire unless an agent renews them", { signal });
+    notifier.stopping(`stopping on ${signal}; heartbeats expire unless an agent renews them`);
+    notifier.close();
     await agent.stop();
     await hypervisor.close();
     closePlanes(kv);

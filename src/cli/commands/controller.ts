@@ -9,6 +9,7 @@ import { keys } from "../../store/keys.ts";
 import { configArg, logArgs } from "../args.ts";
 import { loadCommandConfig } from "../command-config.ts";
 import { closePlanes, connectPlanes, stopSignal } from "../daemon.ts";
+import { keepServiceInformed, SystemdNotifier } from "../systemd-notify.ts";
 
 const log = logger("controller");
 
@@ -25,10 +26,21 @@ export const controllerCommand = defineCommand({
       { name, electionTtlMs: config.controller.election_ttl_ms, probeIntervalMs: config.controller.probe_interval_ms },
       { clock: monotonicClock, now: () => new Date(), kv, keys: keys(config.etcd.prefix), ...(alarms === undefined ? {} : { alarms }) },
     );
+    const notifier = SystemdNotifier.fromProcess();
     controller.start();
     log.info("controller campaigning", { name, alarms: alarms?.transport.name ?? "event log only" });
+    const status = () => `controller ${name}: ${controller.leading ? "leader" : "standby"}`;
+    // Ready once campaigning, leader or standby: both are a working controller.
+    notifier.ready(status());
+    // Keep-alives stand for a turning event loop only. The election already covers a controller
+    // whose loops are wedged: a leader that stops renewing its election lease loses it to a
+    // standby within 2 × election_ttl_ms, and a restart would not be faster than that.
+    const informing = keepServiceInformed(notifier, monotonicClock, { stalled: () => undefined, status });
     const signal = await stopSignal();
+    await informing.stop();
     log.info("stopping; a standby takes over", { signal });
+    notifier.stopping(`stopping on ${signal}; a standby takes over`);
+    notifier.close();
     await controller.stop();
     closePlanes(kv);
     return ExitCode.ok;

@@ -141,6 +141,7 @@ function timeoutArg(value: string | undefined): number {
 const installCommand = defineCommand({
   meta: { description: "Install the qemu hook: an executable qemu.d/fitha in libvirt's hooks directory (libvirt 6.5 or later)" },
   args: {
+    root: { type: "string", valueHint: "DIR", description: "Install into the file system tree at DIR (a staging root): --dir and --binary are taken relative to it (default /)" },
     dir: { type: "string", valueHint: "DIR", description: `libvirt's hooks directory (default ${defaultHooksDir})` },
     binary: { type: "string", valueHint: "PATH", description: `The fitha executable the hook runs (default: this one, ${process.execPath})` },
     force: { type: "boolean", description: "Replace an existing qemu.d/fitha that has other content" },
@@ -149,7 +150,7 @@ const installCommand = defineCommand({
   },
   async run({ args }) {
     const dryRun = args["dry-run"] === true;
-    const result = await installQemuHook({ hooksDir: args.dir ?? defaultHooksDir, binary: args.binary ?? process.execPath, force: args.force === true, dryRun });
+    const result = await installQemuHook({ root: args.root ?? "/", hooksDir: args.dir ?? defaultHooksDir, binary: args.binary ?? process.execPath, force: args.force === true, dryRun });
     if (result.outcome === "unchanged") {
       printLines(`${result.path} is already installed; nothing to do`);
       return;

@@ -1,6 +1,7 @@
 import { defineCommand } from "citty";
 import { readFile } from "node:fs/promises";
 import { hostname } from "node:os";
+import { dirname } from "node:path";
 import { ExitCode, FithaError, UsageError } from "../../errors.ts";
 import { HostIdInUseError } from "../../lease/delta-lease.ts";
 import { DirectDevice } from "../../lease/direct-device.ts";
@@ -11,6 +12,7 @@ import { ioTimeoutRangeMs } from "../../lease/timeline.ts";
 import { defaultSocketPath } from "../../lockd/client.ts";
 import { bootId, boottimeClock, installId, lockdAlive } from "../../lockd/host-identity.ts";
 import { LockDaemon } from "../../lockd/lock-daemon.ts";
+import { checkPrivateDir } from "../../lockd/private-dir.ts";
 import { defaultStateDir, fileStateStore } from "../../lockd/state-file.ts";
 import { serveSocket } from "../../lockd/socket-server.ts";
 import { logger } from "../../log.ts";
@@ -19,6 +21,7 @@ import { defaultQemuRunDir, qemuProcessKiller } from "../../virt/qemu-processes.
 import { WorkerHypervisor } from "../../virt/worker-hypervisor.ts";
 import { logArgs } from "../args.ts";
 import { stopSignal } from "../daemon.ts";
+import { keepServiceInformed, SystemdNotifier } from "../systemd-notify.ts";
 
 const log = logger("lockd");
 
@@ -42,6 +45,8 @@ export const lockdCommand = defineCommand({
     ...logArgs,
   },
   async run({ args }) {
+    // An empty value is what the systemd unit passes when lockd.env does not set LEASE_FILE.
+    if (args["lease-file"] === "") throw new UsageError("lockd: --lease-file must name the lease file or device (for fitha-lockd.service: LEASE_FILE in /etc/fitha/lockd.env)");
     const hostId = Number(args["host-id"]);
     if (!Number.isSafeInteger(hostId) || hostId < 1) throw new UsageError(`lockd: --host-id must be a positive whole number, not "${args["host-id"]}"`);
     const ioTimeoutMs = Math.round(Number(args["io-timeout"] ?? "10") * 1000);
@@ -52,6 +57,9 @@ export const lockdCommand = defineCommand({
     const socketPath = args.socket ?? defaultSocketPath;
     const hypervisorUri = args.hypervisor ?? "qemu:///system";
     const socketGroupId = args["socket-group"] === undefined ? undefined : await groupId(args["socket-group"]);
+    await checkPrivateDir(dirname(socketPath), "socket directory");
+    await checkPrivateDir(stateDir, "state directory");
+    const notifier = SystemdNotifier.fromProcess();
     // Without a hypervisor lockd could not fence: it must not hold any lease then.
     let hypervisor: WorkerHypervisor;
     try {
@@ -65,6 +73,7 @@ export const lockdCommand = defineCommand({
       throw error;
     }
     let daemon: LockDaemon;
+    notifier.status(`joining or resuming the host lease (host id ${hostId}) in ${args["lease-file"]}`);
     try {
       daemon = await LockDaemon.start(
         { leaseFile: args["lease-file"], hostId, hostName: args.host ?? hostname(), ioTimeoutMs, idAllocation: args["id-allocation"] === "unique" ? "unique" : "configured" },
@@ -93,11 +102,19 @@ export const lockdCommand = defineCommand({
       socketGroupId === undefined ? {} : { groupId: socketGroupId },
     );
     log.info("lockd ready", { socket: socketPath, host_id: daemon.lease.hostId, generation: daemon.lease.generation, started_by: daemon.startedBy });
+    // Ready only now: the host lease is held and the socket answers, so the qemu hook of a
+    // libvirtd ordered after this unit finds lockd serving.
+    const status = () => `host lease ${daemon.lease.phase()} (host id ${daemon.lease.hostId}, generation ${daemon.lease.generation}, ${daemon.startedBy}), ${daemon.heldLeaseCount} VM lease(s), socket ${socketPath}`;
+    notifier.ready(status());
+    const informing = keepServiceInformed(notifier, boottimeClock, { stalled: () => daemon.renewalStall(), status });
     const ended = await Promise.race([stopSignal().then((signal) => ({ signal })), daemon.lost.then((reason) => ({ reason }))]);
+    await informing.stop();
     if ("reason" in ended) {
       // Nothing more this incarnation can do; exiting non-zero lets systemd restart it, and a
       // restart joins the lockspace again (the VMs were fenced already).
       log.error("exiting: this lockd's host lease is lost for good; a restart joins the lockspace again", { reason: ended.reason });
+      notifier.stopping(`exiting: ${ended.reason}; a restart joins the lockspace again`);
+      notifier.close();
       await server.close();
       await daemon.stop();
       await hypervisor.close();
@@ -106,6 +123,8 @@ export const lockdCommand = defineCommand({
     // VM leases stay held and the state stays on disk: a lockd restarted within the renewal
     // window resumes them, and the VMs keep running.
     log.info("stopping; held VM leases stay held for the next lockd to resume", { signal: ended.signal });
+    notifier.stopping(`stopping on ${ended.signal}; ${daemon.heldLeaseCount} VM lease(s) stay held for the next lockd to resume`);
+    notifier.close();
     await server.close();
     await daemon.stop();
     await hypervisor.close();

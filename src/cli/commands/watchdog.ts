@@ -8,6 +8,7 @@ import { LazyHypervisor } from "../../virt/lazy-hypervisor.ts";
 import { defaultQemuRunDir, qemuProcessKiller } from "../../virt/qemu-processes.ts";
 import { WorkerHypervisor } from "../../virt/worker-hypervisor.ts";
 import { logArgs } from "../args.ts";
+import { keepServiceInformed, SystemdNotifier } from "../systemd-notify.ts";
 
 const log = logger("watchdog");
 
@@ -46,9 +47,30 @@ export const watchdogCommand = defineCommand({
     process.once("SIGTERM", stop);
     process.once("SIGINT", stop);
     log.info("watchdog ready", { state_dir: stateDir, hypervisor: uri });
+    const notifier = SystemdNotifier.fromProcess();
+    let last: WatchdogCheck | undefined;
+    let checking = false;
+    let lastCheckEndMs = boottimeClock.nowMs();
+    notifier.ready(`watching ${stateDir}`);
+    // Keep-alives while the poll loop turns: a check starts at most the poll interval after the
+    // last one ended (a second of margin for a busy machine, doubled). A check under way counts
+    // as moving: each of its hypervisor calls and kills has a deadline, and a restart in the
+    // middle of stopping VMs would only delay the stopping.
+    const stallLimitMs = 2 * maxPollMs + 1_000;
+    const informing = keepServiceInformed(notifier, boottimeClock, {
+      stalled: () => {
+        const silentMs = boottimeClock.nowMs() - lastCheckEndMs;
+        return checking || silentMs <= stallLimitMs ? undefined : `no check for ${Math.round(silentMs)} ms (limit ${stallLimitMs} ms)`;
+      },
+      status: () => (last === undefined ? `watching ${stateDir}` : checkStatus(last)),
+    });
     let previous: WatchdogCheck["state"] | undefined;
     while (!stopping) {
+      checking = true;
       const check = await watchdog.check();
+      checking = false;
+      lastCheckEndMs = boottimeClock.nowMs();
+      last = check;
       // Log transitions, not every poll; every firing is logged by the watchdog itself.
       if (check.state !== previous) log.info(`watchdog ${check.state}`, check.state === "idle" ? { why: check.why } : check.state === "armed" ? { fires_in_ms: Math.round(check.firesInMs), vms: check.vms } : {});
       if (check.state === "fired" && check.failed.length > 0) log.error("VMs still running after the watchdog's attempts; retrying", { failed: check.failed });
@@ -58,8 +80,17 @@ export const watchdogCommand = defineCommand({
         setTimeout(resolve, watchdog.pollIntervalMs(maxPollMs));
       });
     }
+    await informing.stop();
     log.info("watchdog stopping: VMs are no longer protected against a hung lockd");
+    notifier.stopping("stopping: VMs are no longer protected against a hung lockd");
+    notifier.close();
     await hypervisor.close();
     return ExitCode.ok;
   },
 });
+
+function checkStatus(check: WatchdogCheck): string {
+  if (check.state === "idle") return `idle: ${check.why}`;
+  if (check.state === "armed") return `armed: ${check.vms} VM(s) under lockd's leases`;
+  return `fired: lockd did not renew in time; ${check.failed.length === 0 ? "its VMs are stopped" : `still running: ${check.failed.join(", ")}`}`;
+}
