@@ -9,6 +9,7 @@
 import { planes, type Plane } from "../config/fitha-config.ts";
 import type { Clock } from "../core/clock.ts";
 import { ControllerCore, type ControllerEffect } from "../core/controller-core.ts";
+import type { HostDecision } from "../core/ha-decision.ts";
 import { PlaneView } from "../core/plane-view.ts";
 import { decodeSettings, defaultSettings, type RuntimeSettings } from "../core/settings.ts";
 import { decodeStrategy, defaultStrategy, type Strategy } from "../core/strategy.ts";
@@ -22,6 +23,7 @@ import { KvError, type Kv, type KvChange, type KvEntry } from "../store/kv.ts";
 import { maintenanceRecord, recoveryRequest, type EventRecord, type HostStateRecord, type ModeRecord, type RecoveryRequest } from "../store/records.ts";
 import { decodeEntry } from "../store/typed.ts";
 import { PrefixWatcher } from "../store/watcher.ts";
+import type { ControllerMetrics, ControllerReadings, LeaderReadings } from "./controller-metrics.ts";
 import { FencingResponder } from "./fencing-responder.ts";
 import { RecoveryExecutor } from "./recovery.ts";
 
@@ -40,16 +42,18 @@ export interface ControllerEnvironment {
   readonly now: () => Date;
   readonly kv: Readonly<Record<Plane, Kv>>;
   readonly keys: Keys;
+  /** Where leadership changes, fencing answers and recoveries are counted, and the leader's state read at each scrape; none: not measured. */
+  readonly metrics?: ControllerMetrics;
 }
 
 /** Changes that come close together are decided on together: one step per burst. */
 const stepDelayMs = 20;
 
-export class Controller {
+export class Controller implements ControllerReadings {
   readonly election: Election;
   #term: Term | undefined;
   #stopped = false;
-  /** Decision steps taken while leading, all terms (for tests and, later, metrics). */
+  /** Decision steps taken while leading, all terms (for tests and metrics). */
   stepsTaken = 0;
 
   constructor(
@@ -65,6 +69,7 @@ export class Controller {
       onElected: () => this.#startTerm(),
       onLost: (reason) => this.#endTerm(reason),
     });
+    env.metrics?.collectFrom(this);
   }
 
   /** Campaigns; leads whenever elected, until stop(). */
@@ -78,6 +83,11 @@ export class Controller {
     return this.election.isLeader(this.env.clock.nowMs());
   }
 
+  /** The current term's state, for metrics; undefined while not leading. */
+  readings(): LeaderReadings | undefined {
+    return this.leading ? this.#term?.readings() : undefined;
+  }
+
   async stop(): Promise<void> {
     this.#stopped = true;
     await this.#term?.stop();
@@ -88,6 +98,7 @@ export class Controller {
   #startTerm(): void {
     if (this.#stopped) return;
     log.info("leading: this controller decides now", { name: this.options.name });
+    this.env.metrics?.leaderChange("elected");
     this.#term = new Term(this);
     void this.#term.event("leader-elected", null, `controller ${this.options.name} leads`);
   }
@@ -97,6 +108,7 @@ export class Controller {
     this.#term = undefined;
     if (term === undefined) return;
     log.warn("no longer leading: stopped deciding", { name: this.options.name, reason });
+    this.env.metrics?.leaderChange("lost");
     void term.stop();
   }
 }
@@ -126,6 +138,8 @@ class Term {
   readonly fencing: FencingResponder;
   /** Hosts that may receive recovered VMs: healthy, not in maintenance, and HA active. */
   #eligible: ReadonlySet<string> = new Set();
+  /** Each host's decision at the last step. */
+  #decisions: ReadonlyMap<string, HostDecision> = new Map();
   /** Per source of deadlines (fencing events, recovery tasks), the pending wake-up: the earliest only. */
   readonly #deadlineWakeAtMs = new Map<string, number>();
 
@@ -152,6 +166,7 @@ class Term {
       eligibleHosts: () => this.#eligible,
       heldSources: () => this.hostsInMaintenance,
       changed: () => this.#schedule(),
+      ...(env.metrics === undefined ? {} : { metrics: env.metrics }),
     });
     this.fencing = new FencingResponder({
       kv: env.kv,
@@ -162,6 +177,7 @@ class Term {
       leading: () => this.#leading,
       registeredHosts: () => this.registered,
       changed: () => this.#schedule(),
+      ...(env.metrics === undefined ? {} : { metrics: env.metrics }),
     });
   }
 
@@ -176,6 +192,17 @@ class Term {
 
   get #leading(): boolean {
     return !this.#stopped && this.controller.leading;
+  }
+
+  readings(): LeaderReadings {
+    return {
+      nowMs: this.controller.env.clock.nowMs(),
+      hosts: this.view.hosts.map((host) => ({ host, planes: this.view.planes(host)!, decision: this.#decisions.get(host) })),
+      unreachablePlanes: new Set(planes.filter((plane) => !this.view.clusterReachable(plane))),
+      selfDefense: this.core.selfDefense,
+      tasks: [...this.recovery.tasks.values()].map((held) => held.record),
+      settings: this.settings,
+    };
   }
 
   /**
@@ -395,6 +422,7 @@ class Term {
       openRequests: this.openRequests,
       nowMs,
     });
+    this.#decisions = result.decisions;
     for (const effect of result.effects) {
       if (!this.#leading) return;
       await this.#apply(effect);

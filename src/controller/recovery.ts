@@ -25,6 +25,7 @@ import { decodeEntry } from "../store/typed.ts";
 import { PrefixWatcher } from "../store/watcher.ts";
 import type { Codec } from "../store/codec.ts";
 import { domainResources, type DomainResources } from "../virt/domain-xml.ts";
+import type { ControllerMetrics } from "./controller-metrics.ts";
 
 const log = logger("recovery");
 
@@ -63,6 +64,8 @@ export interface RecoveryEnvironment {
   readonly heldSources: () => ReadonlySet<string>;
   /** Something changed: the owner should step (it calls step()). */
   readonly changed: () => void;
+  /** Where finished recoveries are measured; none: not measured. */
+  readonly metrics?: ControllerMetrics;
 }
 
 /** A key's decoded value and its revision (for compare-and-swap). */
@@ -359,6 +362,7 @@ export class RecoveryExecutor {
     // fails until the watch brings the real one (which it does: the write happened). Not if the
     // watch has brought it already (the revision moved on).
     const known = this.tasks.get(task.vm);
+    if (!isOpen(task) && (known === undefined || isOpen(known.record))) this.env.metrics?.recoveryEnded(task.state === "done" ? "done" : "failed", (task.updatedMs - task.createdMs) / 1000);
     if ((known?.modRevision ?? 0n) === modRevision) {
       this.tasks.set(task.vm, { record: task, modRevision, unconfirmed: true });
       this.#inputsVersion++;

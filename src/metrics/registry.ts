@@ -41,6 +41,12 @@ export interface CollectedOptions<L extends string> extends FamilyOptions<L> {
 
 export type MetricType = "counter" | "gauge" | "histogram";
 
+/**
+ * Buckets for one request to storage or etcd (a lease renewal, a heartbeat keepalive): from 1 ms
+ * to past the longest timeout they may have (lockd's T is at most 60 s).
+ */
+export const ioLatencyBucketsSeconds: readonly number[] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
 const metricNamePattern = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
 const labelNamePattern = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
 const defaultMaxSeries = 100;

@@ -11,9 +11,14 @@ import { ioTimeoutRangeMs } from "../../lease/timeline.ts";
 import { defaultSocketPath } from "../../lockd/client.ts";
 import { bootId, boottimeClock, installId, lockdAlive } from "../../lockd/host-identity.ts";
 import { LockDaemon } from "../../lockd/lock-daemon.ts";
+import { defaultLockdMetricsAddress, LockdMetrics } from "../../lockd/lockd-metrics.ts";
 import { fileStateStore } from "../../lockd/state-file.ts";
 import { serveSocket } from "../../lockd/socket-server.ts";
 import { logger } from "../../log.ts";
+import { serveMetrics } from "../../metrics/http-server.ts";
+import { listenAddressAccepts, listenAddressPattern } from "../../metrics/listen-address.ts";
+import { MetricsRegistry, registerBuildInfo } from "../../metrics/registry.ts";
+import { buildInfo } from "../../version.ts";
 import { HypervisorError } from "../../virt/hypervisor.ts";
 import { defaultQemuRunDir, qemuProcessKiller } from "../../virt/qemu-processes.ts";
 import { WorkerHypervisor } from "../../virt/worker-hypervisor.ts";
@@ -39,6 +44,7 @@ export const lockdCommand = defineCommand({
     hypervisor: { type: "string", valueHint: "URI", description: "libvirt URI of this host's VMs, which fencing stops (default qemu:///system)" },
     "qemu-run-dir": { type: "string", valueHint: "DIR", description: `libvirt's qemu status files, to kill a VM's process when libvirt cannot stop it (default ${defaultQemuRunDir})` },
     "io-timeout": { type: "string", valueHint: "SECONDS", description: "I/O timeout T; renewal every 2T, fail at 8T (default 10)" },
+    "metrics-address": { type: "string", valueHint: "HOST:PORT", description: `Serve Prometheus metrics at http://HOST:PORT/metrics; "" for none (default ${defaultLockdMetricsAddress})` },
     ...logArgs,
   },
   async run({ args }) {
@@ -48,6 +54,8 @@ export const lockdCommand = defineCommand({
     if (!(ioTimeoutMs >= ioTimeoutRangeMs.min && ioTimeoutMs <= ioTimeoutRangeMs.max)) {
       throw new UsageError(`lockd: --io-timeout must be ${ioTimeoutRangeMs.min / 1000} to ${ioTimeoutRangeMs.max / 1000} seconds, not "${args["io-timeout"]}"`);
     }
+    const metricsAddress = args["metrics-address"] ?? defaultLockdMetricsAddress;
+    if (!listenAddressPattern.test(metricsAddress)) throw new UsageError(`lockd: --metrics-address must be ${listenAddressAccepts}, not "${metricsAddress}"`);
     const stateDir = args["state-dir"] ?? "/var/lib/fitha/lockd";
     const socketPath = args.socket ?? defaultSocketPath;
     const hypervisorUri = args.hypervisor ?? "qemu:///system";
@@ -64,6 +72,8 @@ export const lockdCommand = defineCommand({
       if (error instanceof HypervisorError) throw new FithaError(`lockd: ${error.message} (fencing needs it; see --hypervisor)`);
       throw error;
     }
+    const registry = new MetricsRegistry();
+    registerBuildInfo(registry, buildInfo);
     let daemon: LockDaemon;
     try {
       daemon = await LockDaemon.start(
@@ -78,6 +88,7 @@ export const lockdCommand = defineCommand({
           store: fileStateStore(stateDir),
           hypervisor,
           killer: qemuProcessKiller(args["qemu-run-dir"] ?? defaultQemuRunDir),
+          metrics: new LockdMetrics(registry),
         },
       );
     } catch (error) {
@@ -92,12 +103,14 @@ export const lockdCommand = defineCommand({
       { handle: (request, push) => daemon.handle(request, push), disconnected: (push) => daemon.unsubscribe(push) },
       socketGroupId === undefined ? {} : { groupId: socketGroupId },
     );
+    const metrics = serveMetrics(registry, metricsAddress, "--metrics-address");
     log.info("lockd ready", { socket: socketPath, host_id: daemon.lease.hostId, generation: daemon.lease.generation, started_by: daemon.startedBy });
     const ended = await Promise.race([stopSignal().then((signal) => ({ signal })), daemon.lost.then((reason) => ({ reason }))]);
     if ("reason" in ended) {
       // Nothing more this incarnation can do; exiting non-zero lets systemd restart it, and a
       // restart joins the lockspace again (the VMs were fenced already).
       log.error("exiting: this lockd's host lease is lost for good; a restart joins the lockspace again", { reason: ended.reason });
+      await metrics?.stop();
       await server.close();
       await daemon.stop();
       await hypervisor.close();
@@ -106,6 +119,7 @@ export const lockdCommand = defineCommand({
     // VM leases stay held and the state stays on disk: a lockd restarted within the renewal
     // window resumes them, and the VMs keep running.
     log.info("stopping; held VM leases stay held for the next lockd to resume", { signal: ended.signal });
+    await metrics?.stop();
     await server.close();
     await daemon.stop();
     await hypervisor.close();
