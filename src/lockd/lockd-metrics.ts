@@ -52,7 +52,7 @@ export class LockdMetrics {
     registry.gauge({ name: "fitha_lockd_subscribers", help: "Connections subscribed to fencing questions (the agent: 0 means nobody can answer).", collect: (emit) => emit({}, daemon.subscriberCount) });
     registry.gauge({
       name: "fitha_lockd_lockspace_hosts",
-      help: "Host ids of the lockspace by state as this lockd sees them on disk (live, failing: renewals late, dead, free, unknown).",
+      help: "Host ids that have joined the lockspace, by state as this lockd sees them on disk (live; failing: renewals late; dead: silent past host-dead; free: released; unknown).",
       labels: ["state"],
       values: { state: hostStates },
       collect: (emit) => {
