@@ -352,17 +352,20 @@ export class RecoveryExecutor {
   }
 
   async #writeTask(task: RecoveryTask, modRevision: bigint, also?: AlsoWrites): Promise<boolean> {
+    // Read before the write: the watch may bring the written task back before the write returns.
+    const previous = this.tasks.get(task.vm)?.record;
+    const ends = !isOpen(task) && previous !== undefined && isOpen(previous);
     const written = await this.#cas(this.env.keys.task(task.vm), JSON.stringify(task), modRevision, also);
     if (!written) {
       log.warn("task changed under us (another leader?); re-reading", { vm: task.vm, state: task.state });
       return false;
     }
+    if (ends) this.env.metrics?.recoveryEnded(task.state === "done" ? "done" : "failed", (task.updatedMs - task.createdMs) / 1000);
     // Seen at once by the next step, so that it counts this start against the limits even if the
     // watch of the tasks is behind the others. The old revision stays: a write based on this copy
     // fails until the watch brings the real one (which it does: the write happened). Not if the
     // watch has brought it already (the revision moved on).
     const known = this.tasks.get(task.vm);
-    if (!isOpen(task) && (known === undefined || isOpen(known.record))) this.env.metrics?.recoveryEnded(task.state === "done" ? "done" : "failed", (task.updatedMs - task.createdMs) / 1000);
     if ((known?.modRevision ?? 0n) === modRevision) {
       this.tasks.set(task.vm, { record: task, modRevision, unconfirmed: true });
       this.#inputsVersion++;
