@@ -12,6 +12,11 @@
  * Label values come from the daemons (host names, planes, fixed outcomes); a family declares how
  * many series it may hold. A bug that would grow one without bound (a VM's UUID as a label, say)
  * stops at that bound: further series are dropped, with one error logged per family.
+ *
+ * A bad family (its name, labels, buckets) throws when it is registered: at the daemon's start,
+ * in every test. A bad update (labels or a value it does not declare, a counter going down) is
+ * dropped and logged once per family instead: the hooks run inside renewals, recoveries and
+ * fencing, and a metrics bug must never stop those.
  */
 import { logger } from "../log.ts";
 
@@ -27,7 +32,7 @@ export interface FamilyOptions<L extends string> {
   /**
    * The values each label may take, when they are known in advance: every combination is exported
    * from the start (0 until it happens: a rate over a series that appears late misses its first
-   * increase), and any other value is a bug (thrown).
+   * increase), and any other value is a bug (dropped, and logged).
    */
   readonly values?: { readonly [K in L]?: readonly string[] };
   /** Series at most (default 100); more are dropped and logged once. */
@@ -90,28 +95,31 @@ abstract class Family<L extends string, S> {
 
   protected abstract initial(): S;
 
-  /** The series of `labels`, created if new; undefined when the family is full (dropped). */
+  /** The series of `labels`, created if new; undefined when the update is dropped (bad labels, the family full). */
   protected at(given: Labels<L>): S | undefined {
     const names = Object.keys(given);
     if (names.length !== this.labelNames.length || !this.labelNames.every((label) => typeof given[label] === "string")) {
-      throw new Error(`${this.name}: labels {${names.join(",")}} given, {${this.labelNames.join(",")}} expected`);
+      return this.drop(`labels {${names.join(",")}} given, {${this.labelNames.join(",")}} expected`);
     }
     const values = this.labelNames.map((label) => given[label]);
     for (const [i, label] of this.labelNames.entries()) {
       const allowed = this.options.values?.[label];
-      if (allowed !== undefined && !allowed.includes(values[i]!)) throw new Error(`${this.name}: ${label}="${values[i]}" is not one of ${allowed.join(", ")}`);
+      if (allowed !== undefined && !allowed.includes(values[i]!)) return this.drop(`${label}="${values[i]}" is not one of ${allowed.join(", ")}`);
     }
     const key = JSON.stringify(values);
     const existing = this.series.get(key);
     if (existing !== undefined) return existing.state;
-    if (this.series.size >= this.maxSeries) {
-      if (!this.#dropReported) log.error("a metric has reached its series limit; new series are dropped (a bug: a label with unbounded values)", { metric: this.name, max_series: this.maxSeries });
-      this.#dropReported = true;
-      return undefined;
-    }
+    if (this.series.size >= this.maxSeries) return this.drop(`its ${this.maxSeries} series are reached (a label with unbounded values?)`);
     const state = this.initial();
     this.series.set(key, { labels: values, state });
     return state;
+  }
+
+  /** Leaves an update out; the first one of each family is logged (a bug to fix, not news at every renewal). */
+  protected drop(problem: string): undefined {
+    if (!this.#dropReported) log.error("a metric update was dropped (a bug in fitha; further ones of this metric are not logged)", { metric: this.name, problem });
+    this.#dropReported = true;
+    return undefined;
   }
 
   /** The family's sample lines, series sorted by their label values. */
@@ -153,7 +161,7 @@ class Scalar<L extends string> extends Family<L, { value: number }> {
 export class Counter<L extends string = never> extends Scalar<L> {
   /** Adds `by` (default 1; never negative: a counter only goes up). */
   inc(labels: Labels<L>, by = 1): void {
-    if (!(by >= 0)) throw new Error(`${this.name}: a counter cannot go down (inc by ${by})`);
+    if (!(by >= 0)) return void this.drop(`a counter cannot go down (inc by ${by})`);
     this.change(labels, (state) => (state.value += by));
   }
 
@@ -193,7 +201,7 @@ export class Histogram<L extends string = never> extends Family<L, HistogramStat
   }
 
   observe(labels: Labels<L>, value: number): void {
-    if (Number.isNaN(value)) throw new Error(`${this.name}: cannot observe NaN`);
+    if (Number.isNaN(value)) return void this.drop("NaN observed");
     const state = this.at(labels);
     if (state === undefined) return;
     const index = this.buckets.findIndex((bound) => value <= bound);
