@@ -112,7 +112,7 @@ try {
       hostId = registered !== undefined && "record" in registered ? registered.record.hostId : 0;
       return hostId > 0;
     }, 30_000);
-    const lockd = daemon(`${name}-lockd`, ["lockd", "--lease-file", leaseFile, "--host-id", String(hostId), "--host", name, "--socket", socket, "--state-dir", join(hostDir, "lockd"), "--hypervisor", libvirtd.uri, "--io-timeout", "0.5", "--id-allocation", "unique"], dir.path);
+    const lockd = daemon(`${name}-lockd`, ["lockd", "--lease-file", leaseFile, "--host-id", String(hostId), "--host", name, "--socket", socket, "--state-dir", join(hostDir, "lockd"), "--hypervisor", libvirtd.uri, "--io-timeout", "0.5", "--id-allocation", "unique", "--metrics-address", ""], dir.path);
     await until(`${name}'s lockd`, async () => (await quietly("lease", "status", "--socket", socket)) !== "", 30_000);
     hosts.push({ name, libvirtd, config: hostConfig, socket, agent, lockd });
     process.stdout.write(`${name}: agent, lockd (host id ${hostId}) and libvirtd up\n`);

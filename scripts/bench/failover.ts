@@ -271,7 +271,7 @@ async function runScenario(limit: number, startS: number): Promise<ScenarioResul
       { clock: monotonicClock, now: () => new Date(), kv: host.links, keys, hypervisor: host.hypervisor, leases: LockdVmLeases.overSocket(host.socket, lockdRequestTimeoutMs), questions: LockdQuestionsClient.overSocket(host.socket, monotonicClock) },
     );
     host.agent = agent;
-    const args = ["lockd", "--lease-file", leaseFile, "--host-id", String(agent.hostId), "--host", host.name, "--socket", host.socket, "--state-dir", join(dir.path, host.name, "state"), "--hypervisor", "test:///default", "--io-timeout", String(ioTimeoutS), "--id-allocation", "unique", "--log-format", "json"];
+    const args = ["lockd", "--lease-file", leaseFile, "--host-id", String(agent.hostId), "--host", host.name, "--socket", host.socket, "--state-dir", join(dir.path, host.name, "state"), "--hypervisor", "test:///default", "--io-timeout", String(ioTimeoutS), "--id-allocation", "unique", "--metrics-address", "", "--log-format", "json"];
     host.lockd = await startLockd({ socket: host.socket, stateDir: join(dir.path, host.name, "state"), args }, { logFile: join(dir.path, `${host.name}.lockd.log`) });
   });
   log(`${hostCount} agents and lockds up`);

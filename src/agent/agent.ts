@@ -23,6 +23,7 @@ import { followKey } from "../store/follow-key.ts";
 import type { PrefixWatcher } from "../store/watcher.ts";
 import type { Hypervisor } from "../virt/hypervisor.ts";
 import { ClockWatch } from "./clock-watch.ts";
+import type { AgentMetrics } from "./agent-metrics.ts";
 import { OrderRunner } from "./order-runner.ts";
 import { FencingBridge, type LockdQuestions } from "./fencing-bridge.ts";
 import { SelfFence, type HeldLeases } from "./self-fence.ts";
@@ -60,6 +61,8 @@ export interface AgentEnvironment {
    * alone (it fences at its deadline) and the agent never fences its host.
    */
   readonly questions?: LockdQuestions & HeldLeases;
+  /** Where heartbeats, orders, restarts and self-fencings are counted, and the heartbeats read at each scrape; none: not measured. */
+  readonly metrics?: AgentMetrics;
 }
 
 export class Agent {
@@ -106,6 +109,7 @@ export class Agent {
           settings: () => agent.#settings,
           now: env.now,
           onReachability: (p, reachable) => agent.#onReachability(p, reachable),
+          ...(env.metrics === undefined ? {} : { metrics: env.metrics }),
         }),
       );
     }
@@ -113,7 +117,7 @@ export class Agent {
     // a stop by self-fencing is a stop by fitha for the watch (no restart in place).
     const actions = env.leases === undefined ? undefined : new VmActions(env.hypervisor, env.leases);
     if (actions !== undefined) {
-      const vms = { host: options.host, kv: management, keys: env.keys, clock: env.clock, now: env.now, actions };
+      const vms = { host: options.host, kv: management, keys: env.keys, clock: env.clock, now: env.now, actions, ...(env.metrics === undefined ? {} : { metrics: env.metrics }) };
       agent.#vmWatch = new VmWatch(vms);
       agent.#orders = new OrderRunner({ ...vms, perHostLimit: () => agent.#settings.recoveryConcurrencyPerHost });
     }
@@ -129,10 +133,14 @@ export class Agent {
         own: () => agent.#ownPlanes(),
         lockd: env.questions,
         actions,
-        onFenced: (reason, vms) => void agent.#event("self-fenced", `${reason}; stopped ${vms.length} VM(s)${vms.length > 0 ? `: ${vms.join(", ")}` : ""}`),
+        onFenced: (reason, vms) => {
+          env.metrics?.selfFenced();
+          void agent.#event("self-fenced", `${reason}; stopped ${vms.length} VM(s)${vms.length > 0 ? `: ${vms.join(", ")}` : ""}`);
+        },
       });
     }
     agent.#clockWatch = new ClockWatch({ clock: env.clock, now: env.now, onJump: (_jumpMs, reason) => void agent.#event("clock-jump", reason) });
+    env.metrics?.collectFrom(() => agent.#heartbeats.map((h) => ({ plane: h.options.plane, reachable: h.reachable, ageMs: h.ageMs })));
     log.info("agent started", { host: options.host, host_id: hostId, manages_vms: env.leases !== undefined });
     return agent;
   }

@@ -124,6 +124,7 @@ export class OrderRunner {
     const { order } = entry;
     log.info("carrying out an order", { vm: order.vm, action: order.action, by: order.by, issued_at: order.issuedAt });
     const outcome = await this.options.actions.exclusive(order.vm, () => this.#carryOut(order)).catch((error: unknown): Outcome => ({ outcome: "failed", reason: errorMessage(error), holder: null, freeInMs: null }));
+    this.options.metrics?.order(order.action, outcome.outcome);
     log[outcome.outcome === "failed" ? "warn" : "info"](`order ${outcome.outcome}`, { vm: order.vm, action: order.action, reason: outcome.reason, ...(outcome.holder === null ? {} : { holder: outcome.holder, free_in_ms: outcome.freeInMs }) });
     const reason = outcome.reason.length > maxReasonLength ? `${outcome.reason.slice(0, maxReasonLength - 3)}...` : outcome.reason;
     const result: OrderResult = { vm: order.vm, host: this.options.host, action: order.action, ...outcome, reason, at: this.options.now().toISOString() };

@@ -17,6 +17,7 @@ import { logger } from "../log.ts";
 import type { Keys } from "../store/keys.ts";
 import { KvError, type Kv, type KvLease } from "../store/kv.ts";
 import type { Heartbeat } from "../store/records.ts";
+import type { AgentMetrics } from "./agent-metrics.ts";
 
 const log = logger("agent");
 
@@ -31,6 +32,7 @@ export interface PlaneHeartbeatOptions {
   readonly now: () => Date;
   /** Called when reachability changes (and once at the first result). */
   readonly onReachability: (plane: Plane, reachable: boolean, detail: string) => void;
+  readonly metrics?: AgentMetrics;
 }
 
 export class PlaneHeartbeat {
@@ -43,10 +45,13 @@ export class PlaneHeartbeat {
   #wake: (() => void) | undefined;
   /** When the last round ended (renewed or failed), on options.clock: the loop's progress. */
   #lastRoundEndMs: number;
+  /** When the last successful renewal began; when this heartbeat began, before the first. */
+  #renewedAtMs: number;
   readonly done: Promise<void>;
 
   constructor(readonly options: PlaneHeartbeatOptions) {
     this.#lastRoundEndMs = options.clock.nowMs();
+    this.#renewedAtMs = options.clock.nowMs();
     this.done = this.#run();
   }
 
@@ -56,6 +61,11 @@ export class PlaneHeartbeat {
 
   get reachable(): boolean {
     return this.#reachable === true;
+  }
+
+  /** Time since the start of the last successful renewal (since this heartbeat began, before the first). */
+  get ageMs(): number {
+    return this.options.clock.nowMs() - this.#renewedAtMs;
   }
 
   /** Renews at once (settings changed: a new TTL takes a new lease). */
@@ -73,8 +83,11 @@ export class PlaneHeartbeat {
   async #run(): Promise<void> {
     const { settings } = this.options;
     while (!this.#stopping) {
+      const startMs = this.options.clock.nowMs();
       const ok = await this.#beat();
       this.#lastRoundEndMs = this.options.clock.nowMs();
+      if (ok) this.#renewedAtMs = startMs;
+      this.options.metrics?.heartbeat(this.options.plane, ok, this.#lastRoundEndMs - startMs);
       if (this.#stopping) return;
       // After a failure, retry sooner than a full interval, but not in a spin.
       const intervalMs = settings().heartbeatIntervalMs;

@@ -16,6 +16,7 @@ import { logger } from "../log.ts";
 import type { VmRecord } from "../store/records.ts";
 import { describeVm } from "../store/vm-registry.ts";
 import { HypervisorError, type DomainInfo, type Hypervisor } from "../virt/hypervisor.ts";
+import type { AgentMetrics } from "./agent-metrics.ts";
 import type { VmLeases } from "./vm-leases.ts";
 
 const log = logger("agent");
@@ -30,6 +31,8 @@ export interface AgentVmContext {
   /** Wall clock, for the records' times. */
   readonly now: () => Date;
   readonly actions: VmActions;
+  /** Where orders and restarts in place are counted; none: not measured. */
+  readonly metrics?: AgentMetrics;
 }
 
 export type StartOutcome =

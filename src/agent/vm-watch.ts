@@ -140,13 +140,16 @@ export class VmWatch {
         if (!record.ha || record.host !== host) return;
         const outcome = await actions.start(record, "in-place");
         if (outcome.kind === "lease-held") {
+          this.options.metrics?.restart("lease-held");
           log.warn("HA VM not restarted here: its lease is held by another host (it is being recovered there)", { vm: uuid, holder: outcome.holder, free_in_ms: outcome.freeInMs });
         } else if (outcome.kind === "started") {
+          this.options.metrics?.restart("started");
           log.info("HA VM restarted in place", { vm: uuid, why });
           await this.#event(`${describeVm(record)} ${why}; started again on ${host}`);
         }
       });
     } catch (error) {
+      this.options.metrics?.restart("failed");
       log.error("HA VM could not be restarted in place", { vm: uuid, why, error: errorMessage(error) });
     }
   }

@@ -3,6 +3,7 @@
  * meaning. `scripts/fitha.example.toml` documents the same keys for operators; a test keeps the
  * two in step.
  */
+import { listenAddressAccepts, listenAddressPattern } from "../metrics/listen-address.ts";
 import { choice, integer, list, section, text, type ConfigOf } from "./schema.ts";
 
 export const logLevels = ["error", "warn", "info", "debug", "trace"] as const;
@@ -144,6 +145,12 @@ export const fithaConfigSchema = {
       default: 1_000,
     }),
   }),
+  // One section for both daemons (not a key in [host] and one in [controller]): they may run on
+  // one machine, so their addresses are chosen together.
+  metrics: section("Prometheus metrics at http://ADDRESS/metrics (src/metrics/README.md lists them); lockd takes --metrics-address.", {
+    agent_address: metricsAddress("`fitha agent`", "127.0.0.1:9731"),
+    controller_address: metricsAddress("`fitha controller`", "127.0.0.1:9732"),
+  }),
 };
 
 export type FithaConfig = ConfigOf<typeof fithaConfigSchema>;
@@ -155,6 +162,15 @@ function hostNameField(doc: string) {
     pattern: /^([A-Za-z0-9][A-Za-z0-9._-]{0,62})?$/,
     accepts: 'a host name (letters, digits, ".", "_", "-"; at most 63), or "" for the system host name',
     default: "",
+  });
+}
+
+function metricsAddress(daemon: string, address: string) {
+  return text({
+    doc: `Where ${daemon} serves its metrics; "" for none. Loopback by default: reach it through a local Prometheus or a proxy.`,
+    pattern: listenAddressPattern,
+    accepts: listenAddressAccepts,
+    default: address,
   });
 }
 

@@ -9,6 +9,7 @@
 import { planes, type Plane } from "../config/fitha-config.ts";
 import type { Clock } from "../core/clock.ts";
 import { ControllerCore, type ControllerEffect } from "../core/controller-core.ts";
+import type { HostDecision } from "../core/ha-decision.ts";
 import { PlaneView } from "../core/plane-view.ts";
 import { decodeSettings, defaultSettings, type RuntimeSettings } from "../core/settings.ts";
 import { decodeStrategy, defaultStrategy, type Strategy } from "../core/strategy.ts";
@@ -24,6 +25,7 @@ import { decodeEntry } from "../store/typed.ts";
 import { PrefixWatcher } from "../store/watcher.ts";
 import { AlarmRelay } from "../alarms/relay.ts";
 import type { AlarmTransport } from "../alarms/delivery-queue.ts";
+import type { ControllerMetrics, ControllerReadings, LeaderReadings } from "./controller-metrics.ts";
 import { FencingResponder } from "./fencing-responder.ts";
 import { RecoveryExecutor } from "./recovery.ts";
 
@@ -44,16 +46,18 @@ export interface ControllerEnvironment {
   readonly keys: Keys;
   /** Where the leader sends alarms (src/alarms/); none: the event log only. */
   readonly alarms?: { readonly transport: AlarmTransport; readonly queueLimit: number };
+  /** Where leadership changes, fencing answers and recoveries are counted, and the leader's state read at each scrape; none: not measured. */
+  readonly metrics?: ControllerMetrics;
 }
 
 /** Changes that come close together are decided on together: one step per burst. */
 const stepDelayMs = 20;
 
-export class Controller {
+export class Controller implements ControllerReadings {
   readonly election: Election;
   #term: Term | undefined;
   #stopped = false;
-  /** Decision steps taken while leading, all terms (for tests and, later, metrics). */
+  /** Decision steps taken while leading, all terms (for tests and metrics). */
   stepsTaken = 0;
 
   constructor(
@@ -69,6 +73,7 @@ export class Controller {
       onElected: () => this.#startTerm(),
       onLost: (reason) => this.#endTerm(reason),
     });
+    env.metrics?.collectFrom(this);
   }
 
   /** Campaigns; leads whenever elected, until stop(). */
@@ -82,6 +87,11 @@ export class Controller {
     return this.election.isLeader(this.env.clock.nowMs());
   }
 
+  /** The current term's state, for metrics; undefined while not leading. */
+  readings(): LeaderReadings | undefined {
+    return this.leading ? this.#term?.readings() : undefined;
+  }
+
   async stop(): Promise<void> {
     this.#stopped = true;
     await this.#term?.stop();
@@ -92,6 +102,7 @@ export class Controller {
   #startTerm(): void {
     if (this.#stopped) return;
     log.info("leading: this controller decides now", { name: this.options.name });
+    this.env.metrics?.leaderChange("elected");
     this.#term = new Term(this);
     void this.#term.event("leader-elected", null, `controller ${this.options.name} leads`);
   }
@@ -101,6 +112,7 @@ export class Controller {
     this.#term = undefined;
     if (term === undefined) return;
     log.warn("no longer leading: stopped deciding", { name: this.options.name, reason });
+    this.env.metrics?.leaderChange("lost");
     void term.stop();
   }
 }
@@ -131,6 +143,8 @@ class Term {
   readonly alarms: AlarmRelay | undefined;
   /** Hosts that may receive recovered VMs: healthy, not in maintenance, and HA active. */
   #eligible: ReadonlySet<string> = new Set();
+  /** Each host's decision at the last step. */
+  #decisions: ReadonlyMap<string, HostDecision> = new Map();
   /** Per source of deadlines (fencing events, recovery tasks), the pending wake-up: the earliest only. */
   readonly #deadlineWakeAtMs = new Map<string, number>();
 
@@ -157,6 +171,7 @@ class Term {
       eligibleHosts: () => this.#eligible,
       heldSources: () => this.hostsInMaintenance,
       changed: () => this.#schedule(),
+      ...(env.metrics === undefined ? {} : { metrics: env.metrics }),
     });
     this.fencing = new FencingResponder({
       kv: env.kv,
@@ -167,6 +182,7 @@ class Term {
       leading: () => this.#leading,
       registeredHosts: () => this.registered,
       changed: () => this.#schedule(),
+      ...(env.metrics === undefined ? {} : { metrics: env.metrics }),
     });
     const alarms = env.alarms;
     this.alarms = alarms === undefined ? undefined : new AlarmRelay({ kv: env.kv.management, keys, clock: env.clock, now: env.now, name: controller.options.name, leading: () => this.#leading, ...alarms });
@@ -184,6 +200,17 @@ class Term {
 
   get #leading(): boolean {
     return !this.#stopped && this.controller.leading;
+  }
+
+  readings(): LeaderReadings {
+    return {
+      nowMs: this.controller.env.clock.nowMs(),
+      hosts: this.view.hosts.map((host) => ({ host, planes: this.view.planes(host)!, decision: this.#decisions.get(host) })),
+      unreachablePlanes: new Set(planes.filter((plane) => !this.view.clusterReachable(plane))),
+      selfDefense: this.core.selfDefense,
+      tasks: [...this.recovery.tasks.values()].map((held) => held.record),
+      settings: this.settings,
+    };
   }
 
   /**
@@ -403,6 +430,7 @@ class Term {
       openRequests: this.openRequests,
       nowMs,
     });
+    this.#decisions = result.decisions;
     for (const effect of result.effects) {
       if (!this.#leading) return;
       await this.#apply(effect);

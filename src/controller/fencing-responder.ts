@@ -20,6 +20,7 @@ import type { Kv } from "../store/kv.ts";
 import { fencingEventRecord, type FencingAnswerRecord, type RecoveryRequest } from "../store/records.ts";
 import { decodeEntry } from "../store/typed.ts";
 import { PrefixWatcher } from "../store/watcher.ts";
+import type { ControllerMetrics } from "./controller-metrics.ts";
 
 const log = logger("fencing");
 
@@ -32,6 +33,8 @@ export interface FencingResponderEnvironment {
   readonly leading: () => boolean;
   readonly registeredHosts: () => ReadonlySet<string>;
   readonly changed: () => void;
+  /** Where answers are counted; none: not counted. */
+  readonly metrics?: ControllerMetrics;
 }
 
 interface Seen {
@@ -89,6 +92,7 @@ export class FencingResponder {
       const written = await Promise.all(planes.map((plane) => this.env.kv[plane].put(this.env.keys.fencingAnswer(event.host, event.question), JSON.stringify(record)).then(() => true, () => false)));
       if (!written.some(Boolean)) continue; // retried at the next step
       this.#answered.add(key);
+      this.env.metrics?.fencingAnswered(decision.answer);
       log.warn("fencing event answered", { host: event.host, question: event.question, answer: decision.answer, reason: decision.reason });
       // Fenced for lost storage, the host's VMs stop while its planes stay up: nothing else would
       // recover them. One request per episode (create-only); the recovery executor closes it.

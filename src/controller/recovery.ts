@@ -25,6 +25,7 @@ import { decodeEntry } from "../store/typed.ts";
 import { PrefixWatcher } from "../store/watcher.ts";
 import type { Codec } from "../store/codec.ts";
 import { domainResources, type DomainResources } from "../virt/domain-xml.ts";
+import type { ControllerMetrics } from "./controller-metrics.ts";
 
 const log = logger("recovery");
 
@@ -63,6 +64,8 @@ export interface RecoveryEnvironment {
   readonly heldSources: () => ReadonlySet<string>;
   /** Something changed: the owner should step (it calls step()). */
   readonly changed: () => void;
+  /** Where finished recoveries are measured; none: not measured. */
+  readonly metrics?: ControllerMetrics;
 }
 
 /** A key's decoded value and its revision (for compare-and-swap). */
@@ -349,11 +352,15 @@ export class RecoveryExecutor {
   }
 
   async #writeTask(task: RecoveryTask, modRevision: bigint, also?: AlsoWrites): Promise<boolean> {
+    // Read before the write: the watch may bring the written task back before the write returns.
+    const previous = this.tasks.get(task.vm)?.record;
+    const ends = !isOpen(task) && previous !== undefined && isOpen(previous);
     const written = await this.#cas(this.env.keys.task(task.vm), JSON.stringify(task), modRevision, also);
     if (!written) {
       log.warn("task changed under us (another leader?); re-reading", { vm: task.vm, state: task.state });
       return false;
     }
+    if (ends) this.env.metrics?.recoveryEnded(task.state === "done" ? "done" : "failed", (task.updatedMs - task.createdMs) / 1000);
     // Seen at once by the next step, so that it counts this start against the limits even if the
     // watch of the tasks is behind the others. The old revision stays: a write based on this copy
     // fails until the watch brings the real one (which it does: the write happened). Not if the

@@ -55,6 +55,11 @@ export class ControllerCore {
   readonly #requested = new Set<string>();
   readonly #blindPlanes = new Set<Plane>();
 
+  /** Whether self-defense suspends HA (whatever maintenance makes of the mode). */
+  get selfDefense(): boolean {
+    return this.#defense === "self-defense";
+  }
+
   step(inputs: ControllerInputs): ControllerStep {
     const { view, strategy, nowMs } = inputs;
     const effects: ControllerEffect[] = [];

@@ -26,6 +26,7 @@ import { IoError, type SectorDevice } from "../lease/sector-device.ts";
 import { logger } from "../log.ts";
 import type { Hypervisor } from "../virt/hypervisor.ts";
 import type { VmProcessKiller } from "../virt/qemu-processes.ts";
+import type { LockdMetrics } from "./lockd-metrics.ts";
 import type { Answer, LockdEvent, Reply, Request } from "./protocol.ts";
 import { StateFileError, stateFormatVersion, type HeldLease, type LockdState, type StateStore } from "./state-file.ts";
 import { stopVms, type FencingTools } from "./vm-fencing.ts";
@@ -57,6 +58,8 @@ export interface LockdEnvironment {
   readonly hypervisor: Hypervisor;
   /** When the hypervisor cannot stop a VM: kills its process (qemuProcessKiller in production). */
   readonly killer?: VmProcessKiller;
+  /** Where renewals, questions, answers and fencings are counted, and this daemon's state read at each scrape; none: not measured. */
+  readonly metrics?: LockdMetrics;
 }
 
 export interface FenceRecord {
@@ -136,6 +139,7 @@ export class LockDaemon {
     this.#renewalProgressMs = env.clock.nowMs();
     this.#renewals = this.#renewLoop();
     this.#supervision = this.#supervise();
+    env.metrics?.collectFrom(this);
   }
 
   static async start(options: LockdOptions, env: LockdEnvironment): Promise<LockDaemon> {
@@ -307,6 +311,10 @@ export class LockDaemon {
     return `the renewal loop has not moved for ${Math.round(silentMs)} ms (each attempt is bounded by ${t.ioTimeoutMs} ms, the interval is ${t.renewalIntervalMs} ms)`;
   }
 
+  get subscriberCount(): number {
+    return this.#subscribers.size;
+  }
+
   /** Stops renewing and closes the devices. VM leases stay held: a restart within the window resumes them. */
   async stop(): Promise<void> {
     if (this.#stopped) return;
@@ -388,6 +396,7 @@ export class LockDaemon {
       const outcome = await this.lease.renew();
       this.#renewalProgressMs = this.env.clock.nowMs();
       if (outcome.ok) {
+        this.env.metrics?.renewed(outcome.latencyMs);
         log.debug("renewed the host lease", { latency_ms: Math.round(outcome.latencyMs * 10) / 10 });
         if (this.#revalidationDue !== undefined) log.info("host lease renewed again", { after: this.#revalidationDue });
         await this.#persist().catch((error: unknown) => log.error("could not persist lockd state", { error }));
@@ -396,6 +405,7 @@ export class LockDaemon {
         for (const slot of this.#inDoubt.keys()) this.#queueRetraction(slot);
         continue;
       }
+      this.env.metrics?.renewalFailed();
       const phase = this.lease.phase();
       if (phase === "failed") {
         log.error("host lease lost: VM leases are no longer valid", { reason: this.lease.lostReason ?? outcome.reason });
@@ -469,6 +479,7 @@ export class LockDaemon {
   #ask(nowMs: number, validUntilMs: number, fenceAtMs: number): void {
     const question: Question = { id: ++this.#lastQuestionId, askedAtMs: nowMs, validUntilMs, fenceAtMs, answer: undefined };
     this.#question = question;
+    this.env.metrics?.asked();
     // A renewal so late that it was asked about (it may still succeed, slowly): check the leases after it.
     this.#revalidationDue ??= "storage came back";
     const vms = [...this.#leases.values()].map((l) => l.resource);
@@ -485,6 +496,7 @@ export class LockDaemon {
     if (question.answer !== undefined && question.answer !== answer) {
       return { id, ok: false, error: "bad-request", message: `question ${questionId} was already answered ${question.answer}` };
     }
+    if (question.answer === undefined) this.env.metrics?.answered(answer);
     question.answer = answer;
     log.warn("fencing question answered", { question: questionId, answer });
     this.#nudgeSupervisor?.();
@@ -533,6 +545,7 @@ export class LockDaemon {
     const failed = new Set(outcome.failed.map((f) => f.vm));
     for (const lease of leases) if (!failed.has(lease.resource)) this.#leases.delete(lease.slot);
     this.#fenced = { atMs: this.env.clock.nowMs(), reason, vms, failed: [...failed] };
+    this.env.metrics?.fenced(failed.size);
     await this.#persist().catch((error: unknown) => log.error("could not persist lockd state", { error }));
     this.#publish({ event: "fenced", reason, vms, failed: [...failed] });
     // Not released now: fencing comes when the storage is in trouble, and a release written now

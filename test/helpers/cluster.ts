@@ -55,6 +55,8 @@ export interface ClusterOptions {
   readonly ioTimeoutS?: number;
   /** Runtime settings over the test profile (snake_case, as stored). */
   readonly settings?: Readonly<Record<string, number | boolean>>;
+  /** Every daemon serves metrics on a free loopback port (its log says which); off by default: daemons of one machine would all want the default ports. */
+  readonly metrics?: boolean;
 }
 
 export interface Cluster {
@@ -110,6 +112,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       children.add(child);
       return child;
     };
+    const metricsAddress = options.metrics === true ? "127.0.0.1:0" : "";
     const leasePath = options.leasePath ?? join(dir.path, "leases");
     const format = await runFitha(["lease", "format", "--path", leasePath, "--hosts", "8", "--slots", String(options.slots ?? 16), "--max-io-timeout-ms", "1000", "--kill-budget-ms", "2000", ...(options.leasePath === undefined ? [] : ["--force"])]);
     if (format.exitCode !== 0) throw new Error(`fitha lease format: ${format.stderr}`);
@@ -118,7 +121,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     for (let i = 1; i <= (options.controllers ?? 1); i++) {
       const controllerDir = join(dir.path, `ctl-${i}`);
       await mkdir(controllerDir);
-      const config = await writeConfig(controllerDir, { prefix, management: endpoint, extra: `[controller]\nname = "ctl-${i}"\nelection_ttl_ms = 2000\nprobe_interval_ms = 300\n` });
+      const config = await writeConfig(controllerDir, { prefix, management: endpoint, metricsAddress, extra: `[controller]\nname = "ctl-${i}"\nelection_ttl_ms = 2000\nprobe_interval_ms = 300\n` });
       controllers.push(spawn(["controller", "--config", config], join(controllerDir, "controller.log")));
     }
     for (let i = 1; i <= options.hosts; i++) {
@@ -128,13 +131,13 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       const libvirtd = await startLibvirtd();
       const socket = join(hostDir, "run", "lockd.sock");
       const link = await startLinkProxy(endpoint);
-      const config = await writeConfig(hostDir, { prefix, management: link.endpoint, dialTimeoutMs: 500, requestTimeoutMs: 1_000, extra: `[host]\nname = "${name}"\nhypervisor = "${libvirtd.uri}"\nlockd_socket = "${socket}"\n` });
+      const config = await writeConfig(hostDir, { prefix, management: link.endpoint, dialTimeoutMs: 500, requestTimeoutMs: 1_000, metricsAddress, extra: `[host]\nname = "${name}"\nhypervisor = "${libvirtd.uri}"\nlockd_socket = "${socket}"\n` });
       const agent = spawn(["agent", "--config", config], join(hostDir, "agent.log"));
       await eventually(`${name} registered`, async () => (await admin!.get(keys.host(name))) !== undefined, 20_000, 100);
       const record = await readRecord(admin, keys.host(name), hostRecord);
       if (record === undefined || !("record" in record)) throw new Error(`${name}: no readable host record`);
       const lockd = spawn(
-        ["lockd", "--lease-file", leasePath, "--host-id", String(record.record.hostId), "--host", name, "--socket", socket, "--state-dir", join(hostDir, "lockd"), "--hypervisor", libvirtd.uri, "--io-timeout", String(options.ioTimeoutS ?? 0.5), "--id-allocation", "unique"],
+        ["lockd", "--lease-file", leasePath, "--host-id", String(record.record.hostId), "--host", name, "--socket", socket, "--state-dir", join(hostDir, "lockd"), "--hypervisor", libvirtd.uri, "--io-timeout", String(options.ioTimeoutS ?? 0.5), "--id-allocation", "unique", "--metrics-address", metricsAddress],
         join(hostDir, "lockd.log"),
       );
       await eventually(`${name}'s lockd answers`, async () => (await runFitha(["lease", "status", "--socket", socket])).exitCode === 0, 20_000, 100);

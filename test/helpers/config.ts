@@ -9,6 +9,12 @@ export interface TestConfig {
   prefix?: string;
   dialTimeoutMs?: number;
   requestTimeoutMs?: number;
+  /**
+   * Where the agent and the controller serve metrics ([metrics] agent_address and
+   * controller_address); "" (none) by default: the daemons of one machine would all want the
+   * default ports. "127.0.0.1:0" takes a free port (the daemon logs which).
+   */
+  metricsAddress?: string;
   /** More TOML, appended as is (e.g. the [host] and [controller] sections). */
   extra?: string;
 }
@@ -30,6 +36,9 @@ export async function writeConfig(dir: string, config: TestConfig): Promise<stri
       cluster(config.storage ?? config.management),
       "[etcd.service]",
       cluster(config.service ?? config.management),
+      "[metrics]",
+      `agent_address = ${JSON.stringify(config.metricsAddress ?? "")}`,
+      `controller_address = ${JSON.stringify(config.metricsAddress ?? "")}`,
       config.extra ?? "",
     ].join("\n"),
   );

@@ -30,14 +30,16 @@ export interface LockdHost {
 /**
  * Host `id` ("host-ID") of the lockspace in `dir` (or `options.leaseFile`), with its own socket
  * and state dir, fencing through `options.hypervisor` (default libvirt's in-process test driver).
+ * Metrics only on `options.metricsAddress` (127.0.0.1:0 for a free port): lockds of one machine
+ * would all want the default port.
  */
-export function lockdHost(dir: TempDir, id: number, options: { hypervisor?: string; leaseFile?: string } = {}): LockdHost {
+export function lockdHost(dir: TempDir, id: number, options: { hypervisor?: string; leaseFile?: string; metricsAddress?: string } = {}): LockdHost {
   const socket = join(dir.path, `run-${id}`, "lockd.sock");
   const stateDir = join(dir.path, `state-${id}`);
   return {
     socket,
     stateDir,
-    args: ["lockd", "--lease-file", options.leaseFile ?? join(dir.path, "leases"), "--host-id", String(id), "--host", `host-${id}`, "--socket", socket, "--state-dir", stateDir, "--hypervisor", options.hypervisor ?? "test:///default", "--io-timeout", String(testIoTimeoutS), "--log-format", "json"],
+    args: ["lockd", "--lease-file", options.leaseFile ?? join(dir.path, "leases"), "--host-id", String(id), "--host", `host-${id}`, "--socket", socket, "--state-dir", stateDir, "--hypervisor", options.hypervisor ?? "test:///default", "--io-timeout", String(testIoTimeoutS), "--metrics-address", options.metricsAddress ?? "", "--log-format", "json"],
   };
 }
 

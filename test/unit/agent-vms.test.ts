@@ -6,6 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Writable } from "node:stream";
 import { Agent } from "../../src/agent/agent.ts";
+import { AgentMetrics } from "../../src/agent/agent-metrics.ts";
 import { minConcurrentOrders, OrderRunner } from "../../src/agent/order-runner.ts";
 import { VmActions } from "../../src/agent/vm-actions.ts";
 import { MemoryVmLeases } from "../../src/agent/vm-leases.ts";
@@ -13,6 +14,7 @@ import { restartBackoffMs, vmPollIntervalMs, VmWatch } from "../../src/agent/vm-
 import { SelfFence } from "../../src/agent/self-fence.ts";
 import { VirtualClock } from "../../src/core/clock.ts";
 import { configureLogging } from "../../src/log.ts";
+import { MetricsRegistry } from "../../src/metrics/registry.ts";
 import { listEvents } from "../../src/store/events.ts";
 import { keys as keysFor } from "../../src/store/keys.ts";
 import type { KvChange } from "../../src/store/kv.ts";
@@ -22,6 +24,7 @@ import { addVm } from "../../src/store/vm-registry.ts";
 import { readDomainDefinition } from "../../src/virt/domain-definition.ts";
 import { HypervisorError, type DomainInfo } from "../../src/virt/hypervisor.ts";
 import { MemoryHypervisor } from "../../src/virt/memory-hypervisor.ts";
+import { parsePrometheusText, sampleOf } from "../helpers/prometheus-text.ts";
 
 beforeAll(() => configureLogging({ level: "error", format: "json", stream: new Writable({ write: (_chunk, _encoding, done) => done() }) }));
 afterAll(() => configureLogging({ level: "info", format: "human" }));
@@ -78,6 +81,8 @@ class Bench {
   readonly hypervisor = new TestHypervisor(this.clock);
   readonly leases = new MemoryVmLeases(host);
   readonly actions = new VmActions(this.hypervisor, this.leases);
+  readonly registry = new MetricsRegistry();
+  readonly metrics = new AgentMetrics(this.registry);
   readonly statePuts: KvChange[] = [];
   readonly stateDeletes: KvChange[] = [];
   watch: VmWatch | undefined;
@@ -95,10 +100,15 @@ class Bench {
       },
       onClosed: () => undefined,
     });
-    const options = { host, kv: this.kv, keys, clock: this.clock, now: this.now, actions: this.actions };
+    const options = { host, kv: this.kv, keys, clock: this.clock, now: this.now, actions: this.actions, metrics: this.metrics };
     if (parts.watch === true) this.watch = new VmWatch(options);
     if (parts.orders === true) this.orders = new OrderRunner({ ...options, perHostLimit: () => this.perHostLimit });
     await this.clock.advance(0);
+  }
+
+  /** The value of one sample of the agent's metrics, as a scrape would show it. */
+  metric(name: string, labels: Record<string, string>): number {
+    return sampleOf(parsePrometheusText(this.registry.render()), name, labels).value;
   }
 
   async register(n: number, options: { ha: boolean; host?: string | null }): Promise<VmRecord> {
@@ -227,6 +237,7 @@ describe("orders", () => {
     await bench.order(vm.uuid, "start");
     await bench.clock.advance(0);
     expect(await bench.result(vm.uuid)).toMatchObject({ outcome: "lease-held", holder: "host-2", freeInMs: 42_000 });
+    expect([bench.metric("fitha_agent_orders_total", { action: "start", outcome: "lease-held" }), bench.metric("fitha_agent_orders_total", { action: "start", outcome: "done" })]).toEqual([1, 0]);
     expect(await bench.hypervisor.lookup(vm.uuid)).toBeUndefined();
     expect(bench.hypervisor.starts).toBe(0);
     expect(await bench.orderKeys()).toEqual([]);
@@ -399,6 +410,7 @@ describe("restart in place", () => {
     await bench.clock.advance(vmPollIntervalMs);
     expect(acquires() - before).toBe(3);
     expect(await bench.state(vm.uuid)).toBe("running");
+    expect([bench.metric("fitha_agent_vm_restarts_total", { result: "failed" }), bench.metric("fitha_agent_vm_restarts_total", { result: "started" })]).toEqual([2, 1]);
     await bench.stop();
   });
 
@@ -417,6 +429,7 @@ describe("restart in place", () => {
     for (const vm of [plain, elsewhere, taken]) expect(await bench.state(vm.uuid)).toBe("crashed");
     expect(bench.hypervisor.starts).toBe(3);
     expect(await bench.events("vm-restarted")).toEqual([]);
+    expect([bench.metric("fitha_agent_vm_restarts_total", { result: "lease-held" }), bench.metric("fitha_agent_vm_restarts_total", { result: "started" })]).toEqual([1, 0]);
     expect((await bench.reported(taken.uuid))?.state).toBe("crashed");
     await bench.stop();
   });

@@ -6,6 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Writable } from "node:stream";
 import { Agent } from "../../src/agent/agent.ts";
+import { AgentMetrics } from "../../src/agent/agent-metrics.ts";
 import type { LockdNotice, LockdQuestion, LockdQuestions } from "../../src/agent/fencing-bridge.ts";
 import { clockCheckIntervalMs, clockJumpThresholdMs } from "../../src/agent/clock-watch.ts";
 import { MemoryVmLeases } from "../../src/agent/vm-leases.ts";
@@ -14,6 +15,8 @@ import { VirtualClock } from "../../src/core/clock.ts";
 import { settingsToJson, defaultSettings } from "../../src/core/settings.ts";
 import { defaultStrategy, haWanted, strategyToJson, type PlaneStates } from "../../src/core/strategy.ts";
 import { Controller } from "../../src/controller/controller.ts";
+import { ControllerMetrics } from "../../src/controller/controller-metrics.ts";
+import { MetricsRegistry } from "../../src/metrics/registry.ts";
 import { configureLogging } from "../../src/log.ts";
 import { keys as keysFor } from "../../src/store/keys.ts";
 import { MemoryCluster, type MemoryKv } from "../../src/store/memory-kv.ts";
@@ -24,6 +27,7 @@ import { addVm } from "../../src/store/vm-registry.ts";
 import { startTimeoutMs } from "../../src/controller/recovery.ts";
 import { newTask, type RecoveryTask } from "../../src/core/recovery-tasks.ts";
 import { orderResult as orderResultCodec, taskRecord, type OrderResult } from "../../src/store/records.ts";
+import { parsePrometheusText, sampleOf } from "../helpers/prometheus-text.ts";
 
 beforeAll(() => configureLogging({ level: "error", format: "json", stream: new Writable({ write: (_chunk, _encoding, done) => done() }) }));
 afterAll(() => configureLogging({ level: "info", format: "human" }));
@@ -94,7 +98,22 @@ class Lab {
   /** Per host, its hypervisor and VM leases (only when setup was asked to manage VMs). */
   readonly vmHosts = new Map<string, { hypervisor: MemoryHypervisor; leases: MemoryVmLeases }>();
 
-  async setup(hosts: number, controllers = 1, options: { questions?: boolean; vms?: boolean } = {}): Promise<void> {
+  /** Per daemon ("host-1", "controller-1"), its metrics (only when setup was asked for them). */
+  readonly registries = new Map<string, MetricsRegistry>();
+
+  /** The value of one sample of `daemon`'s metrics, as a scrape would show it. */
+  metric(daemon: string, name: string, labels: Record<string, string> = {}): number {
+    return sampleOf(parsePrometheusText(this.registries.get(daemon)!.render()), name, labels).value;
+  }
+
+  #registry(daemon: string, wanted: boolean): MetricsRegistry | undefined {
+    if (!wanted) return undefined;
+    const registry = new MetricsRegistry();
+    this.registries.set(daemon, registry);
+    return registry;
+  }
+
+  async setup(hosts: number, controllers = 1, options: { questions?: boolean; vms?: boolean; metrics?: boolean } = {}): Promise<void> {
     await this.admin.management.put(keys.settings, JSON.stringify({ ...settingsToJson(defaultSettings), heartbeat_interval_ms: 1_000, heartbeat_ttl_ms: ttlMs }));
     await this.admin.management.put(keys.strategy, JSON.stringify({ ...strategyToJson(defaultStrategy), grace_ms: graceMs }));
     for (let i = 1; i <= hosts; i++) {
@@ -102,17 +121,22 @@ class Lab {
       const links = this.connect(host);
       const questions = options.questions === true ? new FakeLockdQuestions() : undefined;
       if (questions !== undefined) this.questions.set(host, questions);
+      const registry = this.#registry(host, options.metrics === true);
       const agent = await this.clock.run(
         Agent.start(
           { host, addresses: { management: `10.0.0.${i}`, storage: `10.1.0.${i}`, service: `10.2.0.${i}` }, agentVersion: "test" },
-          { clock: this.clock, now: this.now, kv: links, keys, ...this.#vmEnvironment(host, options.vms === true), ...(questions === undefined ? {} : { questions }) },
+          { clock: this.clock, now: this.now, kv: links, keys, ...this.#vmEnvironment(host, options.vms === true), ...(questions === undefined ? {} : { questions }), ...(registry === undefined ? {} : { metrics: new AgentMetrics(registry) }) },
         ),
       );
       this.agents.set(host, { agent, links });
     }
     for (let i = 1; i <= controllers; i++) {
       const links = this.connect(`controller-${i}`);
-      const controller = new Controller({ name: `controller-${i}`, electionTtlMs: 3_000, probeIntervalMs: 500 }, { clock: this.clock, now: this.now, kv: links, keys });
+      const registry = this.#registry(`controller-${i}`, options.metrics === true);
+      const controller = new Controller(
+        { name: `controller-${i}`, electionTtlMs: 3_000, probeIntervalMs: 500 },
+        { clock: this.clock, now: this.now, kv: links, keys, ...(registry === undefined ? {} : { metrics: new ControllerMetrics(registry) }) },
+      );
       controller.start();
       this.controllers.push({ controller, links });
     }
@@ -177,10 +201,14 @@ describe("control plane on in-memory etcd and virtual time", () => {
 
   test("a standby takes over when the leader is cut off; the old leader stops deciding before that", async () => {
     const lab = new Lab();
-    await lab.setup(3, 2);
+    await lab.setup(3, 2, { metrics: true });
     const leaderIndex = lab.controllers.findIndex((c) => c.controller.leading);
     expect(leaderIndex).toBeGreaterThanOrEqual(0);
     const [leader, standby] = [lab.controllers[leaderIndex]!, lab.controllers[1 - leaderIndex]!];
+    const [leaderName, standbyName] = [leader.controller.options.name, standby.controller.options.name];
+    expect([lab.metric(leaderName, "fitha_controller_is_leader"), lab.metric(standbyName, "fitha_controller_is_leader")]).toEqual([1, 0]);
+    expect(lab.metric(leaderName, "fitha_controller_host_plane_up", { host: "host-2", plane: "storage" })).toBe(1);
+    expect(parsePrometheusText(lab.registries.get(standbyName)!.render()).get("fitha_controller_host_plane_up")!.samples).toEqual([]);
     for (const plane of planes) leader.links[plane].cut("hang");
     let overlap = false;
     for (let t = 0; t < 12_000; t += 100) {
@@ -190,10 +218,15 @@ describe("control plane on in-memory etcd and virtual time", () => {
     expect(overlap).toBe(false);
     expect(leader.controller.leading).toBe(false);
     expect(standby.controller.leading).toBe(true);
+    expect([lab.metric(leaderName, "fitha_controller_leader_changes_total", { change: "elected" }), lab.metric(leaderName, "fitha_controller_leader_changes_total", { change: "lost" })]).toEqual([1, 1]);
+    expect([lab.metric(standbyName, "fitha_controller_leader_changes_total", { change: "elected" }), lab.metric(standbyName, "fitha_controller_leader_changes_total", { change: "lost" })]).toEqual([1, 0]);
+    expect([lab.metric(leaderName, "fitha_controller_is_leader"), lab.metric(standbyName, "fitha_controller_is_leader")]).toEqual([0, 1]);
     // The new leader decides: a host failing now is recovered.
     lab.setLinks("host-1", { management: "down", service: "down", storage: "down" });
     await lab.clock.advance(ttlMs + graceMs + 2_000);
     expect(await lab.requests()).toEqual(["host-1"]);
+    expect(lab.metric(standbyName, "fitha_controller_host_decision", { host: "host-1", decision: "ha-needed" })).toBe(1);
+    for (const plane of planes) expect(lab.metric(standbyName, "fitha_controller_host_plane_up", { host: "host-1", plane })).toBe(0);
     await lab.stop();
   });
 
@@ -540,7 +573,7 @@ describe("fencing events on in-memory etcd and virtual time", () => {
 
   test("a host fenced for lost storage (its planes still up) has its HA VMs recovered elsewhere; the request closes when they run", async () => {
     const lab = new Lab();
-    await lab.setup(3, 1, { questions: true });
+    await lab.setup(3, 1, { questions: true, metrics: true });
     const [uuid] = await registerVms(lab, "host-1", [0]);
     lab.questions.get("host-1")!.ask(3);
     await lab.clock.advance(4_000);
@@ -553,14 +586,19 @@ describe("fencing events on in-memory etcd and virtual time", () => {
     expect(task.target).not.toBe("host-1");
     await answerOrders(lab, () => ({ outcome: "done", reason: "started", holder: null, freeInMs: null }), []);
     await lab.clock.advance(1_000);
-    expect((await tasks(lab)).get(uuid!)).toMatchObject({ state: "done" });
+    const done = (await tasks(lab)).get(uuid!)!;
+    expect(done).toMatchObject({ state: "done" });
     expect(await lab.admin.management.get(keys.recoveryRequest("host-1"))).toBeUndefined();
+    expect(lab.metric("controller-1", "fitha_controller_fencing_answers_total", { answer: "fence" })).toBe(1);
+    expect([lab.metric("controller-1", "fitha_controller_recovery_tasks", { state: "done" }), lab.metric("controller-1", "fitha_controller_recovery_tasks", { state: "starting" })]).toEqual([1, 0]);
+    expect(lab.metric("controller-1", "fitha_controller_recovery_duration_seconds_count", { result: "done" })).toBe(1);
+    expect(lab.metric("controller-1", "fitha_controller_recovery_duration_seconds_sum", { result: "done" })).toBe((done.updatedMs - done.createdMs) / 1000);
     await lab.stop();
   });
 
   test("every host loses the storage: no-fence for all, at once; the same question on three planes is answered once", async () => {
     const lab = new Lab();
-    await lab.setup(3, 1, { questions: true });
+    await lab.setup(3, 1, { questions: true, metrics: true });
     for (const [i, host] of ["host-1", "host-2", "host-3"].entries()) lab.questions.get(host)!.ask(i + 1);
     await lab.clock.advance(1_000);
     for (const [i, host] of ["host-1", "host-2", "host-3"].entries()) expect(lab.questions.get(host)!.answers).toEqual([{ question: i + 1, answer: "no-fence" }]);
@@ -568,6 +606,7 @@ describe("fencing events on in-memory etcd and virtual time", () => {
     expect((await kinds()).filter((kind) => kind === "fencing-answered")).toHaveLength(3);
     // One episode, one storage-global-fault event (the alarm), not one per question.
     expect((await kinds()).filter((kind) => kind === "storage-global-fault")).toHaveLength(1);
+    expect([lab.metric("controller-1", "fitha_controller_fencing_answers_total", { answer: "no-fence" }), lab.metric("controller-1", "fitha_controller_fencing_answers_total", { answer: "fence" })]).toEqual([3, 0]);
     // The VMs stay where they are: nothing to recover.
     expect(await lab.requests()).toEqual([]);
     // The episode ends when every question is over; the next one is a new episode.
@@ -621,7 +660,7 @@ describe("clock jumps on in-memory etcd and virtual time", () => {
 describe("self-fencing on in-memory etcd and virtual time", () => {
   test("row 4 (management still reachable): the agent fences on the controller's recovery request, and the VM watch does not restart the VM in place", async () => {
     const lab = new Lab();
-    await lab.setup(3, 1, { questions: true, vms: true });
+    await lab.setup(3, 1, { questions: true, vms: true, metrics: true });
     const { hypervisor, leases } = lab.vmHosts.get("host-1")!;
     const [uuid] = await registerVms(lab, "host-1", [0]);
     const record = JSON.parse((await lab.admin.management.get(keys.vm(uuid!)))!.value) as { xml: string };
@@ -642,6 +681,13 @@ describe("self-fencing on in-memory etcd and virtual time", () => {
     await lab.clock.advance(10_000);
     expect((await hypervisor.lookup(uuid!))?.state).toBe("shutoff");
     expect(leases.calls.filter((c) => c.startsWith("acquire"))).toHaveLength(1);
+    expect(lab.metric("host-1", "fitha_agent_self_fencings_total")).toBe(1);
+    expect(lab.metric("host-1", "fitha_agent_vm_restarts_total", { result: "started" })).toBe(0);
+    // Its own view of the planes: storage and service unreachable for the last 13 s, management renewed within its 1 s interval.
+    expect([lab.metric("host-1", "fitha_agent_plane_reachable", { plane: "management" }), lab.metric("host-1", "fitha_agent_plane_reachable", { plane: "storage" })]).toEqual([1, 0]);
+    expect(lab.metric("host-1", "fitha_agent_heartbeat_age_seconds", { plane: "management" })).toBeLessThanOrEqual(1);
+    expect(lab.metric("host-1", "fitha_agent_heartbeat_age_seconds", { plane: "storage" })).toBeGreaterThanOrEqual(ttlMs / 1000 + 10);
+    expect(lab.metric("host-1", "fitha_agent_heartbeat_renewals_total", { plane: "storage", result: "failed" })).toBeGreaterThan(0);
     await lab.stop();
   });
 

@@ -12,11 +12,14 @@ import type { MemoryDevice } from "../../src/lease/memory-device.ts";
 import { inquireLease } from "../../src/lease/paxos-lease.ts";
 import { encodeRecord } from "../../src/lease/records.ts";
 import { LockDaemon, type LockdEnvironment } from "../../src/lockd/lock-daemon.ts";
+import { LockdMetrics } from "../../src/lockd/lockd-metrics.ts";
+import { MetricsRegistry } from "../../src/metrics/registry.ts";
 import type { LockdEvent } from "../../src/lockd/protocol.ts";
 import type { LockdState } from "../../src/lockd/state-file.ts";
 import { MemoryHypervisor } from "../../src/virt/memory-hypervisor.ts";
 import type { KillOutcome, VmProcessKiller } from "../../src/virt/qemu-processes.ts";
 import { MemoryLockspace } from "../helpers/memory-lockspace.ts";
+import { parsePrometheusText, sampleOf } from "../helpers/prometheus-text.ts";
 
 const T = 1_000;
 const defaultVms = ["vm-a", "vm-b", "vm-c"];
@@ -40,7 +43,7 @@ interface Host {
 }
 
 /** A lockd as host 1 holding leases on `vms` (slots 0..), each VM running in the hypervisor, with a subscriber. */
-async function host(options: { previous?: LockdState; space?: MemoryLockspace; hostId?: number; vms?: readonly string[]; killer?: VmProcessKiller } = {}): Promise<Host> {
+async function host(options: { previous?: LockdState; space?: MemoryLockspace; hostId?: number; vms?: readonly string[]; killer?: VmProcessKiller; metrics?: LockdMetrics } = {}): Promise<Host> {
   const space = options.space ?? (await MemoryLockspace.create());
   const hostId = options.hostId ?? 1;
   const vms = options.vms ?? defaultVms;
@@ -65,6 +68,7 @@ async function host(options: { previous?: LockdState; space?: MemoryLockspace; h
     store: { name: "memory", read: async () => options.previous, write: async (state) => void persisted.push(state) },
     hypervisor,
     ...(options.killer === undefined ? {} : { killer: options.killer }),
+    ...(options.metrics === undefined ? {} : { metrics: options.metrics }),
   };
   const daemon = await space.clock.run(LockDaemon.start({ leaseFile: `leases-${hostId}`, hostId, hostName: `host-${hostId}`, ioTimeoutMs: T, idAllocation: "unique" }, env));
   for (const [slot, vm] of vms.entries()) {
@@ -152,6 +156,34 @@ describe("lockd ask & wait", () => {
     expect(await h.running()).toEqual([]);
     expect(sinceMs(h, r)).toBeLessThan(5 * T);
     expect(h.daemon.status()).toMatchObject({ leases: [], fenced: { vms } });
+    h.heal();
+    await h.space.clock.run(h.daemon.stop());
+  });
+
+  test("metrics: renewals, the question, the answer and the fencing counted where they happen; phase, renewal age, validity and held leases read at each scrape", async () => {
+    const registry = new MetricsRegistry();
+    const h = await host({ metrics: new LockdMetrics(registry) });
+    const value = (name: string, labels: Record<string, string> = {}) => sampleOf(parsePrometheusText(registry.render()), name, labels).value;
+    expect([value("fitha_lockd_vm_leases_held"), value("fitha_lockd_subscribers"), value("fitha_lockd_host_lease_phase", { phase: "ok" })]).toEqual([3, 1, 1]);
+    const r = await hangAfterRenewal(h);
+    const renewed = value("fitha_lockd_renewals_total", { result: "ok" });
+    expect(renewed).toBeGreaterThanOrEqual(1);
+    expect(value("fitha_lockd_renewal_duration_seconds_count")).toBe(renewed);
+    expect(value("fitha_lockd_fencing_questions_total")).toBe(0);
+    await h.advance(r + 4 * T - h.space.clock.nowMs());
+    expect(value("fitha_lockd_fencing_questions_total")).toBe(1);
+    expect([value("fitha_lockd_host_lease_phase", { phase: "warn" }), value("fitha_lockd_host_lease_phase", { phase: "ok" })]).toEqual([1, 0]);
+    expect(value("fitha_lockd_renewals_total", { result: "failed" })).toBeGreaterThanOrEqual(1);
+    expect(value("fitha_lockd_renewals_total", { result: "ok" })).toBe(renewed);
+    expect(value("fitha_lockd_last_renewal_age_seconds")).toBe(sinceMs(h, r) / 1000);
+    expect(value("fitha_lockd_host_lease_valid_seconds")).toBe((r + 8 * T - h.space.clock.nowMs()) / 1000);
+    expect(await h.daemon.handle({ id: 1, op: "answer", question: 1, answer: "fence" })).toMatchObject({ ok: true });
+    // The same answer again (the agent retrying) is no second answer.
+    expect(await h.daemon.handle({ id: 2, op: "answer", question: 1, answer: "fence" })).toMatchObject({ ok: true });
+    await h.advance(1);
+    expect(await h.running()).toEqual([]);
+    expect([value("fitha_lockd_fencing_answers_total", { answer: "fence" }), value("fitha_lockd_fencing_answers_total", { answer: "no-fence" })]).toEqual([1, 0]);
+    expect([value("fitha_lockd_fencings_total"), value("fitha_lockd_fencing_unstopped_vms_total"), value("fitha_lockd_vm_leases_held")]).toEqual([1, 0, 0]);
     h.heal();
     await h.space.clock.run(h.daemon.stop());
   });

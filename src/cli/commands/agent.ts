@@ -2,8 +2,11 @@ import { defineCommand } from "citty";
 import { hostname } from "node:os";
 import { ExitCode, FithaError } from "../../errors.ts";
 import { Agent } from "../../agent/agent.ts";
+import { AgentMetrics } from "../../agent/agent-metrics.ts";
 import { monotonicClock } from "../../core/clock.ts";
 import { logger } from "../../log.ts";
+import { serveMetrics } from "../../metrics/http-server.ts";
+import { MetricsRegistry, registerBuildInfo } from "../../metrics/registry.ts";
 import { keys } from "../../store/keys.ts";
 import { KvError } from "../../store/kv.ts";
 import { buildInfo } from "../../version.ts";
@@ -26,6 +29,8 @@ export const agentCommand = defineCommand({
     const host = config.host.name === "" ? hostname() : config.host.name;
     const notifier = SystemdNotifier.fromProcess();
     const kv = connectPlanes(config);
+    const registry = new MetricsRegistry();
+    registerBuildInfo(registry, buildInfo);
     let hypervisor: WorkerHypervisor | undefined;
     let agent: Agent;
     try {
@@ -40,6 +45,7 @@ export const agentCommand = defineCommand({
           hypervisor,
           leases: LockdVmLeases.overSocket(config.host.lockd_socket, lockdRequestTimeoutMs),
           questions: LockdQuestionsClient.overSocket(config.host.lockd_socket, monotonicClock),
+          metrics: new AgentMetrics(registry),
         },
       );
     } catch (error) {
@@ -48,6 +54,7 @@ export const agentCommand = defineCommand({
       if (error instanceof KvError || error instanceof HypervisorError) throw new FithaError(`agent: cannot start: ${error.message}`);
       throw error;
     }
+    const metrics = serveMetrics(registry, config.metrics.agent_address, "metrics.agent_address");
     log.info("agent ready", { host, host_id: agent.hostId });
     // Ready once registered with its heartbeat loops running (not once every plane answered: a
     // plane down at boot is what the agent is there to report, not a reason to fail its start).
@@ -63,6 +70,7 @@ export const agentCommand = defineCommand({
     log.info("stopping; heartbeats expire unless an agent renews them", { signal });
     notifier.stopping(`stopping on ${signal}; heartbeats expire unless an agent renews them`);
     notifier.close();
+    await metrics?.stop();
     await agent.stop();
     await hypervisor.close();
     closePlanes(kv);

@@ -3,9 +3,13 @@ import { hostname } from "node:os";
 import { ExitCode } from "../../errors.ts";
 import { Controller } from "../../controller/controller.ts";
 import { webhookTransport } from "../../alarms/webhook.ts";
+import { ControllerMetrics } from "../../controller/controller-metrics.ts";
 import { monotonicClock } from "../../core/clock.ts";
 import { logger } from "../../log.ts";
+import { serveMetrics } from "../../metrics/http-server.ts";
+import { MetricsRegistry, registerBuildInfo } from "../../metrics/registry.ts";
 import { keys } from "../../store/keys.ts";
+import { buildInfo } from "../../version.ts";
 import { configArg, logArgs } from "../args.ts";
 import { loadCommandConfig } from "../command-config.ts";
 import { closePlanes, connectPlanes, stopSignal } from "../daemon.ts";
@@ -22,12 +26,15 @@ export const controllerCommand = defineCommand({
     const { alarms: alarmConfig } = config;
     const alarms = alarmConfig.webhook_url === "" ? undefined : { transport: webhookTransport(alarmConfig.webhook_url, { timeoutMs: alarmConfig.webhook_timeout_ms, cluster: config.etcd.prefix }), queueLimit: alarmConfig.queue_limit };
     const kv = connectPlanes(config);
+    const registry = new MetricsRegistry();
+    registerBuildInfo(registry, buildInfo);
     const controller = new Controller(
       { name, electionTtlMs: config.controller.election_ttl_ms, probeIntervalMs: config.controller.probe_interval_ms },
-      { clock: monotonicClock, now: () => new Date(), kv, keys: keys(config.etcd.prefix), ...(alarms === undefined ? {} : { alarms }) },
+      { clock: monotonicClock, now: () => new Date(), kv, keys: keys(config.etcd.prefix), metrics: new ControllerMetrics(registry), ...(alarms === undefined ? {} : { alarms }) },
     );
     const notifier = SystemdNotifier.fromProcess();
     controller.start();
+    const metrics = serveMetrics(registry, config.metrics.controller_address, "metrics.controller_address");
     log.info("controller campaigning", { name, alarms: alarms?.transport.name ?? "event log only" });
     const status = () => `controller ${name}: ${controller.leading ? "leader" : "standby"}`;
     // Ready once campaigning, leader or standby: both are a working controller.
@@ -41,6 +48,7 @@ export const controllerCommand = defineCommand({
     log.info("stopping; a standby takes over", { signal });
     notifier.stopping(`stopping on ${signal}; a standby takes over`);
     notifier.close();
+    await metrics?.stop();
     await controller.stop();
     closePlanes(kv);
     return ExitCode.ok;

@@ -13,9 +13,14 @@ import { defaultSocketPath } from "../../lockd/client.ts";
 import { bootId, boottimeClock, installId, lockdAlive } from "../../lockd/host-identity.ts";
 import { LockDaemon } from "../../lockd/lock-daemon.ts";
 import { checkPrivateDir } from "../../lockd/private-dir.ts";
+import { defaultLockdMetricsAddress, LockdMetrics } from "../../lockd/lockd-metrics.ts";
 import { defaultStateDir, fileStateStore } from "../../lockd/state-file.ts";
 import { serveSocket } from "../../lockd/socket-server.ts";
 import { logger } from "../../log.ts";
+import { serveMetrics } from "../../metrics/http-server.ts";
+import { listenAddressAccepts, listenAddressPattern } from "../../metrics/listen-address.ts";
+import { MetricsRegistry, registerBuildInfo } from "../../metrics/registry.ts";
+import { buildInfo } from "../../version.ts";
 import { HypervisorError } from "../../virt/hypervisor.ts";
 import { defaultQemuRunDir, qemuProcessKiller } from "../../virt/qemu-processes.ts";
 import { WorkerHypervisor } from "../../virt/worker-hypervisor.ts";
@@ -42,6 +47,7 @@ export const lockdCommand = defineCommand({
     hypervisor: { type: "string", valueHint: "URI", description: "libvirt URI of this host's VMs, which fencing stops (default qemu:///system)" },
     "qemu-run-dir": { type: "string", valueHint: "DIR", description: `libvirt's qemu status files, to kill a VM's process when libvirt cannot stop it (default ${defaultQemuRunDir})` },
     "io-timeout": { type: "string", valueHint: "SECONDS", description: "I/O timeout T; renewal every 2T, fail at 8T (default 10)" },
+    "metrics-address": { type: "string", valueHint: "HOST:PORT", description: `Serve Prometheus metrics at http://HOST:PORT/metrics; "" for none (default ${defaultLockdMetricsAddress})` },
     ...logArgs,
   },
   async run({ args }) {
@@ -53,6 +59,8 @@ export const lockdCommand = defineCommand({
     if (!(ioTimeoutMs >= ioTimeoutRangeMs.min && ioTimeoutMs <= ioTimeoutRangeMs.max)) {
       throw new UsageError(`lockd: --io-timeout must be ${ioTimeoutRangeMs.min / 1000} to ${ioTimeoutRangeMs.max / 1000} seconds, not "${args["io-timeout"]}"`);
     }
+    const metricsAddress = args["metrics-address"] ?? defaultLockdMetricsAddress;
+    if (!listenAddressPattern.test(metricsAddress)) throw new UsageError(`lockd: --metrics-address must be ${listenAddressAccepts}, not "${metricsAddress}"`);
     const stateDir = args["state-dir"] ?? defaultStateDir;
     const socketPath = args.socket ?? defaultSocketPath;
     const hypervisorUri = args.hypervisor ?? "qemu:///system";
@@ -72,6 +80,8 @@ export const lockdCommand = defineCommand({
       if (error instanceof HypervisorError) throw new FithaError(`lockd: ${error.message} (fencing needs it; see --hypervisor)`);
       throw error;
     }
+    const registry = new MetricsRegistry();
+    registerBuildInfo(registry, buildInfo);
     let daemon: LockDaemon;
     notifier.status(`joining or resuming the host lease (host id ${hostId}) in ${args["lease-file"]}`);
     try {
@@ -87,6 +97,7 @@ export const lockdCommand = defineCommand({
           store: fileStateStore(stateDir),
           hypervisor,
           killer: qemuProcessKiller(args["qemu-run-dir"] ?? defaultQemuRunDir),
+          metrics: new LockdMetrics(registry),
         },
       );
     } catch (error) {
@@ -101,6 +112,7 @@ export const lockdCommand = defineCommand({
       { handle: (request, push) => daemon.handle(request, push), disconnected: (push) => daemon.unsubscribe(push) },
       socketGroupId === undefined ? {} : { groupId: socketGroupId },
     );
+    const metrics = serveMetrics(registry, metricsAddress, "--metrics-address");
     log.info("lockd ready", { socket: socketPath, host_id: daemon.lease.hostId, generation: daemon.lease.generation, started_by: daemon.startedBy });
     // Ready only now: the host lease is held and the socket answers, so the qemu hook of a
     // libvirtd ordered after this unit finds lockd serving.
@@ -115,6 +127,7 @@ export const lockdCommand = defineCommand({
       log.error("exiting: this lockd's host lease is lost for good; a restart joins the lockspace again", { reason: ended.reason });
       notifier.stopping(`exiting: ${ended.reason}; a restart joins the lockspace again`);
       notifier.close();
+      await metrics?.stop();
       await server.close();
       await daemon.stop();
       await hypervisor.close();
@@ -125,6 +138,7 @@ export const lockdCommand = defineCommand({
     log.info("stopping; held VM leases stay held for the next lockd to resume", { signal: ended.signal });
     notifier.stopping(`stopping on ${ended.signal}; ${daemon.heldLeaseCount} VM lease(s) stay held for the next lockd to resume`);
     notifier.close();
+    await metrics?.stop();
     await server.close();
     await daemon.stop();
     await hypervisor.close();
