@@ -32,6 +32,8 @@ export interface DeliveryQueueOptions {
   readonly maxRetryMs: number;
   /** A notice is done with: delivered, or given up after maxAttempts. Not called for dropped ones. */
   readonly onSettled?: (notice: AlarmNotice, outcome: "delivered" | "given-up") => void;
+  /** A notice was dropped: the queue was full. */
+  readonly onDropped?: (notice: AlarmNotice) => void;
 }
 
 /** About 2 minutes of trying (1 + 2 + 4 + ... + 60 s) before a notice is given up. */
@@ -66,6 +68,7 @@ export class DeliveryQueue {
       if (this.#dropped === 0) log.error("alarm queue full: dropping new alarms until there is room", { limit: this.options.queueLimit, to: this.options.transport.name });
       this.#dropped++;
       this.counts.dropped++;
+      this.options.onDropped?.(notice);
       return;
     }
     this.#queue.push(notice);

@@ -44,6 +44,8 @@ export interface AlarmRelayEnvironment {
   readonly leading: () => boolean;
   readonly transport: AlarmTransport;
   readonly queueLimit: number;
+  /** Counts each alarm's fate (the controller's metrics); none: not counted. */
+  readonly onOutcome?: (outcome: "delivered" | "given-up" | "dropped") => void;
 }
 
 export class AlarmRelay {
@@ -67,9 +69,11 @@ export class AlarmRelay {
       clock: env.clock,
       queueLimit: env.queueLimit,
       ...defaultDeliveryPolicy,
-      onSettled: (notice) => {
+      onSettled: (notice, outcome) => {
+        env.onOutcome?.(outcome);
         if (notice.event !== null) this.#advanceCursor(notice.event.sequence);
       },
+      onDropped: () => env.onOutcome?.("dropped"),
     });
     this.started = this.#start();
   }

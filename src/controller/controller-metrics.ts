@@ -23,6 +23,8 @@ export interface LeaderReadings {
   readonly selfDefense: boolean;
   readonly tasks: readonly RecoveryTask[];
   readonly settings: RuntimeSettings;
+  /** Alarms waiting for the webhook; undefined without one. */
+  readonly alarmQueueDepth: number | undefined;
 }
 
 /** What the metrics read of a controller at a scrape. */
@@ -42,10 +44,12 @@ export class ControllerMetrics {
   readonly #leaderChanges: Counter<"change">;
   readonly #fencingAnswers: Counter<"answer">;
   readonly #recoverySeconds: Histogram<"result">;
+  readonly #alarms: Counter<"outcome">;
 
   constructor(readonly registry: MetricsRegistry) {
     this.#leaderChanges = registry.counter({ name: "fitha_controller_leader_changes_total", help: "This controller's leadership changes: elected (it began to lead), lost (it stopped).", labels: ["change"], values: { change: ["elected", "lost"] } });
     this.#fencingAnswers = registry.counter({ name: "fitha_controller_fencing_answers_total", help: "Answers this controller gave to hosts' fencing questions, by answer.", labels: ["answer"], values: { answer: ["fence", "no-fence"] } });
+    this.#alarms = registry.counter({ name: "fitha_controller_alarms_total", help: "Alarms this controller handled as leader, by outcome: delivered to the webhook, given_up after every retry, dropped (queue full).", labels: ["outcome"], values: { outcome: ["delivered", "given_up", "dropped"] } });
     this.#recoverySeconds = registry.histogram({ name: "fitha_controller_recovery_duration_seconds", help: "From a recovery task's creation to its end, by result (done: the VM runs on its new host; failed: given up).", labels: ["result"], values: { result: ["done", "failed"] }, buckets: recoveryBucketsSeconds });
   }
 
@@ -114,6 +118,14 @@ export class ControllerMetrics {
       },
     });
     registry.gauge({
+      name: "fitha_controller_alarm_queue",
+      help: "Leader only, with a webhook: alarms waiting for delivery (up to [alarms] queue_limit).",
+      collect: (emit) => {
+        const depth = leader()?.alarmQueueDepth;
+        if (depth !== undefined) emit({}, depth);
+      },
+    });
+    registry.gauge({
       name: "fitha_controller_recovery_concurrency_limit",
       help: "Leader only: recoveries allowed at once, cluster-wide (recovery_concurrency) and onto one host (recovery_concurrency_per_host).",
       labels: ["scope"],
@@ -125,6 +137,10 @@ export class ControllerMetrics {
         emit({ scope: "per_host" }, settings.recoveryConcurrencyPerHost);
       },
     });
+  }
+
+  alarmOutcome(outcome: "delivered" | "given-up" | "dropped"): void {
+    this.#alarms.inc({ outcome: outcome === "given-up" ? "given_up" : outcome });
   }
 
   leaderChange(change: "elected" | "lost"): void {

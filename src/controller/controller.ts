@@ -185,7 +185,11 @@ class Term {
       ...(env.metrics === undefined ? {} : { metrics: env.metrics }),
     });
     const alarms = env.alarms;
-    this.alarms = alarms === undefined ? undefined : new AlarmRelay({ kv: env.kv.management, keys, clock: env.clock, now: env.now, name: controller.options.name, leading: () => this.#leading, ...alarms });
+    const metrics = env.metrics;
+    this.alarms =
+      alarms === undefined
+        ? undefined
+        : new AlarmRelay({ kv: env.kv.management, keys, clock: env.clock, now: env.now, name: controller.options.name, leading: () => this.#leading, ...alarms, ...(metrics === undefined ? {} : { onOutcome: (outcome) => metrics.alarmOutcome(outcome) }) });
   }
 
   async stop(): Promise<void> {
@@ -210,6 +214,7 @@ class Term {
       selfDefense: this.core.selfDefense,
       tasks: [...this.recovery.tasks.values()].map((held) => held.record),
       settings: this.settings,
+      alarmQueueDepth: this.alarms?.queue.depth,
     };
   }
 

@@ -5,10 +5,12 @@
  * Queue, retry and cursor logic on virtual time: test/unit/alarms.test.ts.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { appendFile } from "node:fs/promises";
+import { appendFile, readFile, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { appendEvent } from "../../src/store/events.ts";
 import { daemonCommand, runFitha } from "../helpers/fitha.ts";
 import { eventually } from "../helpers/eventually.ts";
+import { metricsUrl, scrape, valueOf } from "../helpers/metrics.ts";
 import { startManagement, type ManagementFixture } from "../helpers/management.ts";
 import { terminate } from "../helpers/terminate.ts";
 
@@ -39,12 +41,15 @@ function receiver(failFirst: number) {
   return { url: `http://127.0.0.1:${server.port}/hooks/fitha`, bodies, requests: () => requests, [Symbol.dispose]: () => server.stop(true) };
 }
 
-test("the leader's election and another daemon's event reach the webhook, after retries; the cursor follows; the token is never logged", async () => {
+test("the leader's election and another daemon's event reach the webhook, after retries; the cursor follows; metrics count them; the token is never logged", async () => {
   using hook = receiver(2);
   const scope = await cluster.scope("relay");
   const token = "tok-3f9a1c7e";
+  // The scope's file has [metrics] turned off: on here, on a free port.
+  await writeFile(scope.config, (await readFile(scope.config, "utf8")).replace('controller_address = ""', 'controller_address = "127.0.0.1:0"'));
   await appendFile(scope.config, `\n[controller]\nname = "ctl-1"\nelection_ttl_ms = 3000\n[alarms]\nwebhook_url = "${hook.url}?token=${token}"\nwebhook_timeout_ms = 2000\n`);
-  const controller = Bun.spawn(daemonCommand(["controller", "--config", scope.config, "--log-format", "json"]), { stdout: "pipe", stderr: "pipe" });
+  const logFile = join(dirname(scope.config), "controller.log");
+  const controller = Bun.spawn(daemonCommand(["controller", "--config", scope.config, "--log-format", "json"]), { stdout: "pipe", stderr: Bun.file(logFile) });
   try {
     // Attempts at 0, 1 and 3 s: the third is delivered.
     await eventually("the leader-change alarm", () => hook.bodies.length >= 1, 15_000);
@@ -66,10 +71,12 @@ test("the leader's election and another daemon's event reach the webhook, after 
     expect(hook.bodies[1]).toMatchObject({ host: "compute-2", severity: "critical", reason: "vm-9: no host with room after 5 attempts" });
     const sequence = (hook.bodies[1]!["event"] as { sequence: string }).sequence;
     await eventually("the cursor at the last alarm", async () => (await scope.kv.get(scope.keys.alarmCursor))?.value.includes(sequence) === true, 5_000);
+    const scraped = await scrape(await metricsUrl(logFile));
+    expect([valueOf(scraped, "fitha_controller_alarms_total", { outcome: "delivered" }), valueOf(scraped, "fitha_controller_alarms_total", { outcome: "given_up" }), valueOf(scraped, "fitha_controller_alarm_queue")]).toEqual([2, 0, 0]);
   } finally {
     await terminate(controller, 5_000);
   }
-  const log = (await new Response(controller.stderr).text()) + (await new Response(controller.stdout).text());
+  const log = (await readFile(logFile, "utf8")) + (await new Response(controller.stdout).text());
   expect(log).toContain("alarm not delivered: will retry");
   expect(log).toContain("(credentials and query hidden)");
   expect(log).not.toContain(token);
