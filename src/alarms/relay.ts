@@ -12,15 +12,13 @@
  * Events are sent in the order of the log's revisions (the order they were written in), one at a
  * time. The catch-up from the cursor reads at most the log's retention (10,000 events).
  */
-import type { Clock } from "../core/clock.ts";
 import { errorMessage } from "../errors.ts";
 import { logger } from "../log.ts";
 import { defaultEventRetention, listEvents, sequenceBefore } from "../store/events.ts";
-import type { Keys } from "../store/keys.ts";
-import type { Kv } from "../store/kv.ts";
 import { alarmCursorRecord, eventRecord, type EventRecord } from "../store/records.ts";
 import { decodeEntry, readRecord } from "../store/typed.ts";
 import { PrefixWatcher } from "../store/watcher.ts";
+import type { LeaderContext } from "../controller/leader-context.ts";
 import { alarmOf } from "./catalogue.ts";
 import { DeliveryQueue, defaultDeliveryPolicy, type AlarmTransport } from "./delivery-queue.ts";
 
@@ -32,16 +30,8 @@ const maxCatchUpPages = Math.ceil(defaultEventRetention / catchUpPageSize);
 /** Waits between attempts to read where to start, while etcd does not answer. */
 const startRetryMs = { first: 500, max: 10_000 } as const;
 
-export interface AlarmRelayEnvironment {
-  /** The management cluster: the event log and the cursor. */
-  readonly kv: Kv;
-  readonly keys: Keys;
-  readonly clock: Clock;
-  readonly now: () => Date;
-  /** This controller, for the cursor's `by`. */
-  readonly name: string;
-  /** False once this controller's leadership is in doubt: the cursor is then left to the next leader. */
-  readonly leading: () => boolean;
+/** The leader's context; the cursor is left to the next leader once `leading()` is false. */
+export interface AlarmRelayEnvironment extends LeaderContext {
   readonly transport: AlarmTransport;
   readonly queueLimit: number;
   /** Counts each alarm's fate (the controller's metrics); none: not counted. */

@@ -11,21 +11,20 @@
  * memory that etcd does not have.
  */
 import { forEachConcurrently } from "../concurrently.ts";
-import type { Clock } from "../core/clock.ts";
 import { isOpen, leaseHeld, leaseRecheckMaxMs, newTask, planRecovery, startFailed, started, starting, type RecoveryTask } from "../core/recovery-tasks.ts";
 import type { Candidate } from "../core/placement.ts";
 import type { RuntimeSettings } from "../core/settings.ts";
 import { errorMessage } from "../errors.ts";
 import { logger } from "../log.ts";
 import { appendEvent, eventWrite } from "../store/events.ts";
-import type { Keys } from "../store/keys.ts";
-import { KvError, type AlsoWrites, type Kv, type KvEntry } from "../store/kv.ts";
+import { KvError, type AlsoWrites, type KvEntry } from "../store/kv.ts";
 import { hostRecord, orderResult, recoveryRequest, taskRecord, vmRecord, vmStateRecord, type EventKind, type EventRecord, type HostRecord, type OrderResult, type RecoveryRequest, type VmOrder, type VmRecord, type VmStateRecord } from "../store/records.ts";
 import { decodeEntry } from "../store/typed.ts";
 import { PrefixWatcher } from "../store/watcher.ts";
 import type { Codec } from "../store/codec.ts";
 import { domainResources, type DomainResources } from "../virt/domain-xml.ts";
 import type { ControllerMetrics } from "./controller-metrics.ts";
+import type { LeaderContext } from "./leader-context.ts";
 
 const log = logger("recovery");
 
@@ -48,15 +47,7 @@ const leaseRecheckMs = 30_000;
  */
 const writeConcurrency = 64;
 
-export interface RecoveryEnvironment {
-  readonly kv: Kv;
-  readonly keys: Keys;
-  readonly clock: Clock;
-  /** Wall clock (task times must mean the same to the next leader). */
-  readonly now: () => Date;
-  readonly name: string;
-  /** Checked before every write. */
-  readonly leading: () => boolean;
+export interface RecoveryEnvironment extends LeaderContext {
   readonly settings: () => RuntimeSettings;
   /** Hosts a VM may be started on now: every plane up, not in maintenance. */
   readonly eligibleHosts: () => ReadonlySet<string>;
