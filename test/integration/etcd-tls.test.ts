@@ -12,7 +12,10 @@ import { readFileSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { planes, type Plane } from "../../src/config/fitha-config.ts";
+import { FencingBridge, type LockdNotice, type LockdQuestion, type LockdQuestions } from "../../src/agent/fencing-bridge.ts";
+import { monotonicClock } from "../../src/core/clock.ts";
 import { defaultSettings, settingsToJson } from "../../src/core/settings.ts";
+import { listEvents } from "../../src/store/events.ts";
 import { connectPlane, type EtcdSettings } from "../../src/store/cluster.ts";
 import { Secret, type EtcdCredentials } from "../../src/store/credentials.ts";
 import { EtcdKv } from "../../src/store/etcd-kv.ts";
@@ -242,7 +245,7 @@ describe("etcd authentication over TLS", () => {
   );
 
   test(
-    "the agent of host-a as its own user: registers, heartbeats on every plane, reports its VMs; refused host-b's keys and the controller's",
+    "the agent of host-a as its own user: registers, heartbeats on every plane, reports its VMs, bridges a fencing question; refused host-b's keys and the controller's",
     async () => {
       const user = { name: "fitha-agent-host-a", password: agentPassword };
       const hostDir = join(dir.path, "host-a");
@@ -295,6 +298,39 @@ describe("etcd authentication over TLS", () => {
         await refused("a fencing answer to host-b", () => asAgent.storage.put(keys.fencingAnswer("host-b", 1), "{}"));
         await refused("host-b's fencing events", () => asAgent.service.put(keys.fencing("host-b", 1), "{}"));
         await refused("reading every host's record", () => asAgent.management.getPrefix(keys.hostsPrefix));
+
+        // The fencing path under the same user (the agent's FencingBridge, lockd played here): the
+        // question goes out on every plane, the controller's answer (written as root) comes back,
+        // and both keys are removed once lockd's question is over; lockd's notice becomes an event.
+        const lockd = new (class implements LockdQuestions {
+          open: number | null = null;
+          readonly answers: string[] = [];
+          listeners: { question?: (q: LockdQuestion) => void; notice?: (n: LockdNotice) => void } = {};
+          subscribe(onQuestion: (q: LockdQuestion) => void, onNotice: (n: LockdNotice) => void) {
+            this.listeners = { question: onQuestion, notice: onNotice };
+            return { close: () => (this.listeners = {}) };
+          }
+          async openQuestion() {
+            return this.open;
+          }
+          async answer(question: number, answer: "fence" | "no-fence") {
+            this.answers.push(`${question} ${answer}`);
+            this.open = null;
+          }
+        })();
+        const bridge = new FencingBridge({ host: "host-a", kv: asAgent, keys, clock: monotonicClock, now: () => new Date(), lockd });
+        try {
+          lockd.open = 7;
+          lockd.listeners.question!({ question: 7, vms: [uuid], reason: "renewal is late", answerWithinMs: 20_000 });
+          await eventually("the fencing event on every plane", async () => (await Promise.all(planes.map((plane) => root[plane].get(keys.fencing("host-a", 7))))).every((entry) => entry !== undefined), 10_000, 50);
+          await root.storage.put(keys.fencingAnswer("host-a", 7), JSON.stringify({ host: "host-a", question: 7, answer: "no-fence", reason: "test", at: new Date().toISOString(), by: "controller@test" }));
+          await eventually("the answer passed to lockd and the keys removed", async () => lockd.answers.length === 1 && (await Promise.all(planes.map((plane) => root[plane].getPrefix(keys.fencingPrefix)))).every((range) => range.count === 0) && (await root.storage.get(keys.fencingAnswer("host-a", 7))) === undefined, 10_000, 50);
+          expect(lockd.answers).toEqual(["7 no-fence"]);
+          lockd.listeners.notice!({ event: "fenced", reason: "test", vms: [uuid], failed: [] });
+          await eventually("lockd's notice as an event", async () => (await listEvents(root.management, keys, { limit: 1000 })).events.some((e) => e.record.kind === "lockd-fenced" && e.record.host === "host-a"), 10_000, 50);
+        } finally {
+          await bridge.stop();
+        }
         // A watch of its own from a compacted revision is told so: the check reads within the prefix granted.
         const now = (await root.management.getPrefix(keys.hostsPrefix)).revision;
         await rawClient("management", true).kv.compact({ revision: now.toString(), physical: true });
