@@ -1,7 +1,9 @@
 import { defineCommand } from "citty";
 import { hostname } from "node:os";
-import { ExitCode, FithaError } from "../../errors.ts";
+import { isAbsolute } from "node:path";
+import { errorMessage, ExitCode, FithaError, UsageError } from "../../errors.ts";
 import { Agent } from "../../agent/agent.ts";
+import { writeHostIdFile } from "../../agent/host-id-file.ts";
 import { AgentMetrics } from "../../agent/agent-metrics.ts";
 import { monotonicClock } from "../../core/clock.ts";
 import { logger } from "../../log.ts";
@@ -23,9 +25,15 @@ const log = logger("agent");
 
 export const agentCommand = defineCommand({
   meta: { description: "Run the host agent: registers this host, heartbeats on the three network planes, reports and restarts its VMs, carries out start/stop orders, bridges fencing questions, fences its own host" },
-  args: { ...configArg, ...logArgs },
+  args: {
+    ...configArg,
+    "host-id-file": { type: "string", valueHint: "FILE", description: "Write this host's lockspace id here once registered, for fitha lockd --host-id-file (the systemd units pass /var/lib/fitha/host-id)" },
+    ...logArgs,
+  },
   async run({ args }) {
     const { config } = await loadCommandConfig(args);
+    const hostIdFile = args["host-id-file"];
+    if (hostIdFile !== undefined && !isAbsolute(hostIdFile)) throw new UsageError(`agent: --host-id-file must be an absolute path, not "${hostIdFile}"`);
     const host = config.host.name === "" ? hostname() : config.host.name;
     const notifier = SystemdNotifier.fromProcess();
     const kv = connectPlanes(config);
@@ -55,6 +63,13 @@ export const agentCommand = defineCommand({
       throw error;
     }
     const metrics = serveMetrics(registry, config.metrics.agent_address, "metrics.agent_address");
+    if (hostIdFile !== undefined) {
+      // Not fatal: the agent's heartbeats matter without lockd too; lockd says what it misses.
+      await writeHostIdFile(hostIdFile, agent.hostId).then(
+        (outcome) => log.info(outcome === "written" ? "host id written for lockd" : "host id for lockd already in place", { file: hostIdFile, host_id: agent.hostId }),
+        (error: unknown) => log.error("could not write the host id for lockd: lockd cannot start with --host-id-file until it is there", { file: hostIdFile, error: errorMessage(error) }),
+      );
+    }
     log.info("agent ready", { host, host_id: agent.hostId });
     // Ready once registered with its heartbeat loops running (not once every plane answered: a
     // plane down at boot is what the agent is there to report, not a reason to fail its start).

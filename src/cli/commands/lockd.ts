@@ -12,6 +12,7 @@ import { ioTimeoutRangeMs } from "../../lease/timeline.ts";
 import { defaultSocketPath } from "../../lockd/client.ts";
 import { bootId, boottimeClock, installId, lockdAlive } from "../../lockd/host-identity.ts";
 import { LockDaemon } from "../../lockd/lock-daemon.ts";
+import { readHostIdFile } from "../../agent/host-id-file.ts";
 import { checkPrivateDir } from "../../lockd/private-dir.ts";
 import { defaultLockdMetricsAddress, LockdMetrics } from "../../lockd/lockd-metrics.ts";
 import { defaultStateDir, fileStateStore } from "../../lockd/state-file.ts";
@@ -34,7 +35,8 @@ export const lockdCommand = defineCommand({
   meta: { description: "Run the lease daemon: host lease on shared storage, VM leases on request (unix socket)" },
   args: {
     "lease-file": { type: "string", required: true, valueHint: "FILE", description: "Lease file or device (formatted with fitha lease format)" },
-    "host-id": { type: "string", required: true, valueHint: "N", description: "This host's id in the lockspace" },
+    "host-id": { type: "string", valueHint: "N", description: "This host's id in the lockspace (or --host-id-file)" },
+    "host-id-file": { type: "string", valueHint: "FILE", description: "Read this host's id from FILE, written by fitha agent --host-id-file once it registered the host; exit 1 while there is none" },
     host: { type: "string", valueHint: "NAME", description: "This host's name (default: the system host name)" },
     "id-allocation": {
       type: "enum",
@@ -53,8 +55,7 @@ export const lockdCommand = defineCommand({
   async run({ args }) {
     // An empty value is what the systemd unit passes when lockd.env does not set LEASE_FILE.
     if (args["lease-file"] === "") throw new UsageError("lockd: --lease-file must name the lease file or device (for fitha-lockd.service: LEASE_FILE in /etc/fitha/lockd.env)");
-    const hostId = Number(args["host-id"]);
-    if (!Number.isSafeInteger(hostId) || hostId < 1) throw new UsageError(`lockd: --host-id must be a positive whole number, not "${args["host-id"]}"`);
+    const hostId = await hostIdArgument(args["host-id"], args["host-id-file"]);
     const ioTimeoutMs = Math.round(Number(args["io-timeout"] ?? "10") * 1000);
     if (!(ioTimeoutMs >= ioTimeoutRangeMs.min && ioTimeoutMs <= ioTimeoutRangeMs.max)) {
       throw new UsageError(`lockd: --io-timeout must be ${ioTimeoutRangeMs.min / 1000} to ${ioTimeoutRangeMs.max / 1000} seconds, not "${args["io-timeout"]}"`);
@@ -153,4 +154,20 @@ async function groupId(group: string): Promise<number> {
   const id = entry?.split(":")[2];
   if (id === undefined || !/^\d+$/.test(id)) throw new UsageError(`lockd: --socket-group: no group "${group}" in /etc/group`);
   return Number(id);
+}
+
+/** --host-id N, or the id the agent handed over in --host-id-file (src/agent/host-id-file.ts): exactly one. */
+async function hostIdArgument(given: string | undefined, file: string | undefined): Promise<number> {
+  if ((given === undefined) === (file === undefined)) throw new UsageError("lockd: give --host-id N or --host-id-file FILE (one of them)");
+  if (file !== undefined) {
+    try {
+      return await readHostIdFile(file);
+    } catch (error) {
+      if (error instanceof FithaError) throw new FithaError(`lockd: ${error.message}`, error.exitCode);
+      throw error;
+    }
+  }
+  const hostId = Number(given);
+  if (!Number.isSafeInteger(hostId) || hostId < 1) throw new UsageError(`lockd: --host-id must be a positive whole number, not "${given}"`);
+  return hostId;
 }
