@@ -11,6 +11,9 @@
 import { readFile, rename, rm, writeFile } from "node:fs/promises";
 import { FithaError, UsageError } from "../errors.ts";
 
+/** Where the systemd units (scripts/systemd/) hand the id over. */
+export const defaultHostIdFile = "/var/lib/fitha/host-id";
+
 /** A host id, one line: nothing else fits in a file this small. */
 const maxFileBytes = 64;
 

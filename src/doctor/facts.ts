@@ -59,17 +59,20 @@ export async function probePlanes(config: FithaConfig): Promise<PlaneFacts[]> {
   );
 }
 
-/** The lease file named on the command line, else the one in lockd's state; and the host id likewise. */
+/**
+ * The lease file named on the command line, else the one in lockd's state; the host id likewise,
+ * else the one the agent handed over for lockd (a host checked before lockd first ran).
+ */
 export interface LeaseTarget {
   readonly path: string | undefined;
   readonly hostId: number | undefined;
 }
 
-export function leaseTarget(flags: { leaseFile: string | undefined; hostId: number | undefined }, state: LockdState | undefined): LeaseTarget {
+export function leaseTarget(flags: { leaseFile: string | undefined; hostId: number | undefined }, state: LockdState | undefined, handedOverHostId: number | undefined): LeaseTarget {
   const path = flags.leaseFile ?? state?.leaseFile;
   // lockd's host id is an id in its own lease file only.
   const stateHostId = state !== undefined && path === state.leaseFile ? state.incarnation.hostId : undefined;
-  return { path, hostId: flags.hostId ?? stateHostId };
+  return { path, hostId: flags.hostId ?? stateHostId ?? handedOverHostId };
 }
 
 /** How long doctor waits for `fitha lease check`: its three steps, and the start of the program. */

@@ -77,7 +77,9 @@ async function config(options: { storage?: string; hypervisor?: string; extra?: 
 
 /** Runs doctor with this host's parts (lockd's state dir names the lease file and the host id) and more arguments. */
 async function doctor(configFile: string, ...more: string[]): Promise<{ exitCode: number; checks: Map<string, Check>; stderr: string }> {
-  const result = await runFitha(["doctor", "--config", configFile, "--state-dir", lockd.stateDir, "--hook-dir", hooks, "--json", ...more]);
+  // Never this machine's own /var/lib/fitha/host-id: a file that is not there, unless a test names one.
+  const hostIdFile = more.includes("--host-id-file") ? [] : ["--host-id-file", join(dir.path, "no-host-id")];
+  const result = await runFitha(["doctor", "--config", configFile, "--state-dir", lockd.stateDir, "--hook-dir", hooks, "--json", ...hostIdFile, ...more]);
   const report = JSON.parse(result.stdout) as { ok: boolean; checks: Check[] };
   expect(report.checks.map((c) => c.name)).toEqual(checkNames);
   expect(report.ok).toBe(result.exitCode === 0);
@@ -194,6 +196,12 @@ describe("fitha doctor", () => {
     const taken = await doctor(configFile, "--host-id", "1", "--lease-file", leaseFile, "--state-dir", join(dir.path, "no-state"));
     // Without lockd's state this host's name is the config's, "host-1" as well: the id is its own.
     expect(taken.checks.get("lockspace")!.status).toBe("ok");
+
+    // Before lockd ever ran: the id the agent handed over for it.
+    const handedOver = join(dir.path, "handed-over-id");
+    await writeFile(handedOver, "9\n");
+    const fromAgent = await doctor(configFile, "--lease-file", leaseFile, "--state-dir", join(dir.path, "no-state"), "--host-id-file", handedOver);
+    expect(fromAgent.checks.get("lockspace")!.detail).toEndWith("host id 9 is outside 1..8");
   }, 60_000);
 
   test("a lockspace of 512-byte sectors on a device that needs 4096-byte I/O fails with the re-format command", async () => {

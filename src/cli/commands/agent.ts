@@ -3,7 +3,7 @@ import { hostname } from "node:os";
 import { isAbsolute } from "node:path";
 import { errorMessage, ExitCode, FithaError, UsageError } from "../../errors.ts";
 import { Agent } from "../../agent/agent.ts";
-import { writeHostIdFile } from "../../agent/host-id-file.ts";
+import { defaultHostIdFile, writeHostIdFile } from "../../agent/host-id-file.ts";
 import { AgentMetrics } from "../../agent/agent-metrics.ts";
 import { monotonicClock } from "../../core/clock.ts";
 import { logger } from "../../log.ts";
@@ -27,7 +27,7 @@ export const agentCommand = defineCommand({
   meta: { description: "Run the host agent: registers this host, heartbeats on the three network planes, reports and restarts its VMs, carries out start/stop orders, bridges fencing questions, fences its own host" },
   args: {
     ...configArg,
-    "host-id-file": { type: "string", valueHint: "FILE", description: "Write this host's lockspace id here once registered, for fitha lockd --host-id-file (the systemd units pass /var/lib/fitha/host-id)" },
+    "host-id-file": { type: "string", valueHint: "FILE", description: `Write this host's lockspace id here once registered, for fitha lockd --host-id-file (the systemd units pass ${defaultHostIdFile})` },
     ...logArgs,
   },
   async run({ args }) {

@@ -27,6 +27,7 @@ import {
 } from "../../doctor/verdicts.ts";
 import { ExitCode, UsageError } from "../../errors.ts";
 import { defaultSocketPath } from "../../lockd/client.ts";
+import { defaultHostIdFile, readHostIdFile } from "../../agent/host-id-file.ts";
 import { defaultStateDir } from "../../lockd/state-file.ts";
 import { defaultHooksDir } from "../../virt/qemu-hook-install.ts";
 import { configArg, jsonArg, logArgs } from "../args.ts";
@@ -37,7 +38,8 @@ export const doctorCommand = defineCommand({
   args: {
     ...configArg,
     "lease-file": { type: "string", valueHint: "FILE", description: "lockd's lease file or device (default: the one in lockd's state, see --state-dir)" },
-    "host-id": { type: "string", valueHint: "N", description: "This host's id in the lockspace (default: the one in lockd's state)" },
+    "host-id": { type: "string", valueHint: "N", description: "This host's id in the lockspace (default: the one in lockd's state, else in --host-id-file)" },
+    "host-id-file": { type: "string", valueHint: "FILE", description: `The id the agent handed over for lockd (default ${defaultHostIdFile})` },
     "state-dir": { type: "string", valueHint: "DIR", description: `lockd's --state-dir, which the watchdog must watch (default ${defaultStateDir})` },
     socket: { type: "string", valueHint: "PATH", description: `lockd's socket (default: [host] lockd_socket, else ${defaultSocketPath})` },
     "hook-dir": { type: "string", valueHint: "DIR", description: `libvirt's hooks directory (default ${defaultHooksDir})` },
@@ -48,9 +50,14 @@ export const doctorCommand = defineCommand({
     const hostIdFlag = args["host-id"] === undefined ? undefined : hostIdArg(args["host-id"]);
     const configFile = resolveConfigPath(args.config, process.env);
     const stateDir = args["state-dir"] ?? defaultStateDir;
-    const [{ facts: configFacts, config }, lockdState] = await Promise.all([readConfigFacts(configFile), readLockdState(stateDir)]);
+    const [{ facts: configFacts, config }, lockdState, handedOverHostId] = await Promise.all([
+      readConfigFacts(configFile),
+      readLockdState(stateDir),
+      // Missing (the agent has not registered the host yet) or damaged (lockd names that itself): no id from it.
+      readHostIdFile(args["host-id-file"] ?? defaultHostIdFile).catch(() => undefined),
+    ]);
     const state = lockdState === undefined || "error" in lockdState ? undefined : lockdState;
-    const target = leaseTarget({ leaseFile: args["lease-file"], hostId: hostIdFlag }, state);
+    const target = leaseTarget({ leaseFile: args["lease-file"], hostId: hostIdFlag }, state, handedOverHostId);
     const hypervisor = config?.host.hypervisor;
     const host = { hostId: target.hostId, hostName: state?.incarnation.hostName ?? (config?.host.name || hostname()) };
     const noLeaseFile: LeaseFacts = { state: "unknown", reason: `no lease file: give --lease-file (lockd's), or run lockd first (its state in ${stateDir} names it)` };
