@@ -47,7 +47,7 @@ export class DeliveryQueue {
   /** Wakes the loop idling on an empty queue (set only while it idles). */
   #wake: (() => void) | undefined;
   readonly done: Promise<void>;
-  /** Totals since start (for metrics and tests). */
+  /** Totals since this queue started (one term), for its tests; metrics count through onSettled/onDropped, across terms. */
   readonly counts = { delivered: 0, givenUp: 0, dropped: 0, failedAttempts: 0 };
 
   constructor(readonly options: DeliveryQueueOptions) {
